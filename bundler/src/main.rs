@@ -1,0 +1,3 @@
+mod squashfs;
+mod tree;
+fn main() {}
