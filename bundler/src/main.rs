@@ -1,3 +1,124 @@
+//! `bundle`: packs an application into one self-executing file for HPC clusters.
+
+mod assemble;
+mod inputs;
+mod inspect;
+mod pipeline;
+mod progress;
 mod squashfs;
+mod stub;
 mod tree;
-fn main() {}
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit status for every error of ours, as the runtime uses (and Apptainer does).
+const EXIT_ERROR: i32 = 255;
+
+#[derive(Parser)]
+#[command(
+    name = "bundle",
+    version,
+    about = "Pack an application into one self-executing file for HPC clusters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a bundle from directories, file lists and files.
+    Build(BuildArgs),
+    /// Show a bundle's metadata.
+    Inspect {
+        bundle: PathBuf,
+        /// Print the metadata as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute and check the image and metadata digests.
+    Verify { bundle: PathBuf },
+    /// List the files of the image.
+    List { bundle: PathBuf },
+    /// Unpack the image into DIR (new or empty).
+    Extract { bundle: PathBuf, dir: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// A directory that becomes the image root.
+    #[arg(long = "dir", value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+    /// A file list: one `SRC` or `SRC=DEST` per line.
+    #[arg(long = "files", value_name = "LIST")]
+    lists: Vec<PathBuf>,
+    /// One file or directory, `SRC[=DEST]`.
+    #[arg(long = "file", value_name = "SRC[=DEST]")]
+    files: Vec<String>,
+    /// The program to run, an absolute path inside the image.
+    #[arg(short, long)]
+    entrypoint: Option<String>,
+    /// Environment variable set inside the bundle.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Free-form label stored in the metadata.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// zstd compression level (1-22).
+    #[arg(long, default_value_t = squashfs::Options::default().level, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: i32,
+    /// squashfs block size in bytes, a power of two from 4096 to 1048576.
+    #[arg(long, default_value_t = squashfs::Options::default().block_size)]
+    block_size: u32,
+    /// Compression threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Runtime stub to put at the head of the bundle.
+    #[arg(long, value_name = "PATH")]
+    stub: Option<PathBuf>,
+    /// Output file.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(a) => build(a),
+        Command::Inspect { bundle, json } => inspect::inspect(&bundle, json),
+        Command::Verify { bundle } => inspect::verify(&bundle),
+        Command::List { bundle } => inspect::list(&bundle),
+        Command::Extract { bundle, dir } => inspect::extract(&bundle, &dir),
+    };
+    if let Err(e) = result {
+        eprintln!("bundle: error: {e:#}");
+        std::process::exit(EXIT_ERROR);
+    }
+}
+
+fn build(a: BuildArgs) -> anyhow::Result<()> {
+    if !a.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&a.block_size) {
+        anyhow::bail!(
+            "--block-size {} must be a power of two from 4096 to 1048576",
+            a.block_size
+        );
+    }
+    let image = squashfs::Options {
+        level: a.level,
+        block_size: a.block_size,
+        threads: a.threads,
+        ..Default::default()
+    };
+    pipeline::build(&pipeline::BuildRequest {
+        dirs: a.dirs,
+        lists: a.lists,
+        files: a.files,
+        entrypoint: a.entrypoint,
+        env: a.env,
+        labels: a.labels,
+        image,
+        stub: a.stub,
+        output: a.output,
+    })
+}

@@ -1,1 +1,56 @@
-fn main() {}
+//! The runtime at the head of every bundle. It finds its payload through the trailer at
+//! the end of its own file, and either answers a `--bundle-*` question or runs the
+//! application in its own root filesystem (see `container.rs`).
+
+mod cache;
+mod container;
+mod exec;
+mod fail;
+mod fuse;
+mod namespaces;
+mod options;
+mod plan;
+mod rootfs;
+
+use bundle_format::Bundle;
+use fail::{exit_with, Error, Result};
+use options::{Action, Options};
+use std::path::Path;
+
+fn main() {
+    let opts = options::parse(std::env::args_os().skip(1)).unwrap_or_else(|e| exit_with(e));
+    if let Err(e) = run(&opts) {
+        exit_with(e)
+    }
+}
+
+fn run(opts: &Options) -> Result<()> {
+    if opts.action == Action::Help {
+        print!("{}", options::HELP);
+        return Ok(());
+    }
+    let bundle = open_self()?;
+    match &opts.action {
+        Action::Info => print!("{}", String::from_utf8_lossy(&bundle.metadata.to_json())),
+        Action::Offset => println!("{}", bundle.trailer.image_offset),
+        Action::Verify => {
+            bundle.verify_image()?;
+            println!("ok: image sha256 {}", bundle.image_digest());
+        }
+        Action::Extract(dir) => {
+            let image = bundle_format::Image::open(&bundle.file, bundle.trailer.image_offset)?;
+            bundle_format::extract::to_dir(&image, dir)?;
+        }
+        Action::Run | Action::Exec | Action::Shell | Action::Help => {
+            match container::run(&bundle, opts)? {}
+        }
+    }
+    Ok(())
+}
+
+/// Our own file, through `/proc/self/exe` (a path the caller used may be relative, or
+/// renamed under us).
+fn open_self() -> Result<Bundle> {
+    Bundle::open(Path::new("/proc/self/exe"))
+        .map_err(|e| Error(format!("this bundle cannot be read: {e}")))
+}

@@ -1,0 +1,352 @@
+//! `bundle build`: inputs → staging tree → checks → image → bundle file.
+
+use crate::assemble;
+use crate::inputs::{absolute, HostInputs};
+use crate::progress::Progress;
+use crate::squashfs;
+use crate::stub;
+use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
+use anyhow::{bail, Context, Result};
+use bundle_format::{ImageInfo, Input, Metadata};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct BuildRequest {
+    pub dirs: Vec<PathBuf>,
+    pub lists: Vec<PathBuf>,
+    pub files: Vec<String>,
+    pub entrypoint: Option<String>,
+    pub env: Vec<String>,
+    pub labels: Vec<String>,
+    pub image: squashfs::Options,
+    pub stub: Option<PathBuf>,
+    pub output: PathBuf,
+}
+
+/// Directories and files the runtime binds over; present in every image so that no
+/// overlay is needed for them at run time.
+const MOUNT_DIRS: [(&str, u32); 8] = [
+    ("/proc", 0o555),
+    ("/sys", 0o555),
+    ("/dev", 0o755),
+    ("/tmp", 0o1777),
+    ("/home", 0o755),
+    ("/run", 0o755),
+    ("/mnt", 0o755),
+    ("/etc", 0o755),
+];
+const MOUNT_FILES: [&str; 5] = [
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/localtime",
+];
+
+pub fn build(req: &BuildRequest) -> Result<()> {
+    let epoch = source_date_epoch()?;
+    let now = epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32)
+    });
+    let mut tree = Tree::new(now);
+    let inputs = gather(req, &mut tree)?;
+    if tree.len() <= 1 {
+        bail!(
+            "nothing to bundle: give a directory (--dir), a file list (--files) or files (--file)"
+        );
+    }
+    add_mount_points(&mut tree, now)?;
+    if let Some(t) = epoch {
+        tree.set_all_mtimes(t);
+    }
+    let entrypoint = match &req.entrypoint {
+        Some(e) => vec![check_entrypoint(&tree, e)?],
+        None => Vec::new(),
+    };
+    let metadata = Metadata {
+        entrypoint,
+        env: parse_pairs(&req.env, "--env")?,
+        labels: parse_pairs(&req.labels, "--label")?,
+        created: now as u64,
+        bundler: format!("bundle {}", env!("CARGO_PKG_VERSION")),
+        image: ImageInfo {
+            compression: "zstd".into(),
+            level: req.image.level,
+            block_size: req.image.block_size,
+            entries: tree.len() as u64,
+        },
+        inputs,
+        provided: Vec::new(),
+        binds: Vec::new(),
+    };
+    let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
+    let mut opts = req.image.clone();
+    opts.mkfs_time = now;
+    let progress = Progress::bytes(input_bytes(&tree), "packing");
+    let written = assemble::write_bundle(&req.output, &stub, &tree, &metadata, &opts, &progress)?;
+    progress.finish();
+    eprintln!(
+        "bundle: wrote {} ({} entries, image {} at offset {}, {} in all)",
+        req.output.display(),
+        tree.len(),
+        human(written.image_size),
+        written.image_offset,
+        human(written.total)
+    );
+    Ok(())
+}
+
+fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<Input>> {
+    let mut host = HostInputs::new(tree);
+    let mut inputs = Vec::new();
+    for d in &req.dirs {
+        host.add_root_dir(d)?;
+        inputs.push(Input {
+            kind: "dir".into(),
+            path: absolute(d).display().to_string(),
+            nevra: None,
+            sha256: None,
+        });
+    }
+    for l in &req.lists {
+        host.add_list(l)?;
+        inputs.push(Input {
+            kind: "files".into(),
+            path: absolute(l).display().to_string(),
+            nevra: None,
+            sha256: Some(file_sha256(l)?),
+        });
+    }
+    for f in &req.files {
+        host.add_file_spec(f)?;
+        let src = Path::new(f.split_once('=').map_or(f.as_str(), |(s, _)| s));
+        let sha256 = if src.is_file() {
+            Some(file_sha256(src)?)
+        } else {
+            None
+        };
+        inputs.push(Input {
+            kind: "file".into(),
+            path: absolute(src).display().to_string(),
+            nevra: None,
+            sha256,
+        });
+    }
+    for w in &host.warnings {
+        eprintln!("bundle: warning: {w}");
+    }
+    Ok(inputs)
+}
+
+fn add_mount_points(tree: &mut Tree, mtime: u32) -> Result<()> {
+    for (dir, mode) in MOUNT_DIRS {
+        let p = ImagePath::new(dir).map_err(anyhow::Error::msg)?;
+        if tree.get(&p).is_none() {
+            tree.insert(
+                p,
+                Entry {
+                    kind: Kind::Dir,
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                    mtime,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+    }
+    for file in MOUNT_FILES {
+        let p = ImagePath::new(file).map_err(anyhow::Error::msg)?;
+        if tree.get(&p).is_none() {
+            let empty = Kind::File(Source::Bytes(Arc::from(&b""[..])));
+            tree.insert(
+                p,
+                Entry {
+                    kind: empty,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime,
+                },
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(())
+}
+
+/// The entrypoint must be an executable file of the image (through symlinks that stay
+/// inside it). On failure, lists the executables in `bin` directories as candidates.
+fn check_entrypoint(tree: &Tree, entry: &str) -> Result<String> {
+    if !entry.starts_with('/') {
+        bail!("the entrypoint must be an absolute path inside the image, not `{entry}`");
+    }
+    let mut path = ImagePath::new(entry).map_err(anyhow::Error::msg)?;
+    for _ in 0..40 {
+        match tree.get(&path).map(|e| (&e.kind, e.mode)) {
+            Some((Kind::File(_) | Kind::HardLink(_), mode)) if mode & 0o111 != 0 => {
+                return Ok(entry.to_string())
+            }
+            Some((Kind::File(_) | Kind::HardLink(_), _)) => {
+                bail!("the entrypoint {entry} is not executable (mode has no x bit)")
+            }
+            Some((Kind::Symlink(target), _)) => {
+                let base = path.parent().unwrap_or_else(ImagePath::root);
+                path = if target.is_absolute() {
+                    ImagePath::new(target)
+                } else {
+                    resolve_relative(&base, target)
+                }
+                .map_err(anyhow::Error::msg)?;
+            }
+            _ => break,
+        }
+    }
+    let candidates = executables_in_bin(tree);
+    bail!(
+        "the entrypoint {entry} is not an executable file in the image{}",
+        if candidates.is_empty() {
+            String::new()
+        } else {
+            format!("; candidates: {}", candidates.join(", "))
+        }
+    )
+}
+
+/// `..` in a symlink target is resolved against the image root, never above it.
+fn resolve_relative(base: &ImagePath, target: &Path) -> Result<ImagePath, String> {
+    let mut p = base.as_path().to_path_buf();
+    for c in target.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                p.pop();
+            }
+            std::path::Component::Normal(s) => p.push(s),
+            _ => {}
+        }
+    }
+    ImagePath::new(p)
+}
+
+pub fn executables_in_bin(tree: &Tree) -> Vec<String> {
+    tree.iter()
+        .filter(|(p, e)| {
+            let in_bin = p
+                .parent()
+                .and_then(|d| d.file_name().map(|n| n == "bin" || n == "sbin"))
+                .unwrap_or(false);
+            in_bin
+                && matches!(e.kind, Kind::File(_) | Kind::HardLink(_) | Kind::Symlink(_))
+                && (e.mode & 0o111 != 0 || matches!(e.kind, Kind::Symlink(_)))
+        })
+        .map(|(p, _)| p.absolute())
+        .collect()
+}
+
+fn parse_pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{flag} {kv}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+fn source_date_epoch() -> Result<Option<u32>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => {
+            let t: u64 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"))?;
+            Ok(Some(t.min(u32::MAX as u64) as u32))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn file_sha256(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", p.display()))?;
+    Ok(bundle_format::hex(&h.finalize()))
+}
+
+fn input_bytes(tree: &Tree) -> u64 {
+    tree.iter()
+        .map(|(_, e)| match &e.kind {
+            Kind::File(Source::Host(p)) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            Kind::File(Source::Bytes(b)) => b.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exe(tree: &mut Tree, p: &str, mode: u32) {
+        let kind = Kind::File(Source::Bytes(Arc::from(&b"#!/bin/sh\n"[..])));
+        tree.insert(
+            ImagePath::new(p).unwrap(),
+            Entry {
+                kind,
+                mode,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+            },
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn entrypoint_through_symlinks_inside_the_image() {
+        let mut t = Tree::new(0);
+        exe(&mut t, "/usr/bin/app", 0o755);
+        let link = Entry {
+            kind: Kind::Symlink("../usr/bin/app".into()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+        };
+        t.insert(ImagePath::new("/bin/app").unwrap(), link).unwrap();
+        assert_eq!(check_entrypoint(&t, "/bin/app").unwrap(), "/bin/app");
+    }
+
+    #[test]
+    fn missing_or_plain_entrypoint_is_explained() {
+        let mut t = Tree::new(0);
+        exe(&mut t, "/usr/bin/app", 0o755);
+        exe(&mut t, "/usr/share/data", 0o644);
+        let err = check_entrypoint(&t, "/bin/nope").unwrap_err().to_string();
+        assert!(err.contains("candidates: /usr/bin/app"), "{err}");
+        assert!(check_entrypoint(&t, "/usr/share/data")
+            .unwrap_err()
+            .to_string()
+            .contains("not executable"));
+        assert!(check_entrypoint(&t, "bin/app").is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! fuse mode: the stub serves its own image over FUSE, mounted inside the namespace
+//! without `fusermount` (the namespace gives us CAP_SYS_ADMIN over its mounts).
+//!
+//! The server is a child process that lives exactly as long as the application: the
+//! application is the process that Slurm or `mpirun` started (the stub execs it), and
+//! the kernel kills the server when its parent dies (`PR_SET_PDEATHSIG`). The image
+//! never changes, so the kernel may cache everything forever: long entry and attribute
+//! timeouts, `FOPEN_KEEP_CACHE`, cached directories.
+
+use crate::fail::{Context, Error, Result};
+use crate::plan::Kind;
+use backhand::InnerNode;
+use bundle_format::{Image, NodeId};
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+    ReplyOpen, ReplyStatfs, Request, Session, SessionACL,
+};
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::{
+    chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkResult, Gid, Pid, Uid,
+};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The image is immutable: what the kernel learnt once stays true.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Opens the FUSE device, or tells why not (`/dev/fuse` is 0600 on some hosts). The
+/// kernel accepts the device for a mount only if it was opened in the mount's user
+/// namespace, so this is called once to choose the mode and again inside.
+pub fn open_device() -> Result<OwnedFd> {
+    open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .context(|| "cannot open /dev/fuse".to_string())
+}
+
+/// Mounts the image at `at` and starts the server. `mount_points` are paths the image
+/// lacks but the plan binds onto: the server shows them as empty entries.
+pub fn mount_image(
+    dev: OwnedFd,
+    image: Arc<Image>,
+    mount_points: &[(PathBuf, Kind)],
+    at: &Path,
+    uid: Uid,
+    gid: Gid,
+) -> Result<()> {
+    let fs = ImageFs::new(image, mount_points, uid, gid)?;
+    let opts = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
+        dev.as_raw_fd()
+    );
+    mount(
+        Some("bundle"),
+        at,
+        Some("fuse.bundle"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .context(|| "cannot mount the FUSE file system".to_string())?;
+    spawn_server(fs, dev)
+}
+
+/// Forks the server and waits until it no longer depends on our mount layout.
+fn spawn_server(fs: ImageFs, dev: OwnedFd) -> Result<()> {
+    let (ready_r, ready_w) = pipe()?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: we are single-threaded here, so the child may run arbitrary code.
+    match unsafe { fork() }.context(|| "cannot fork the FUSE server".to_string())? {
+        ForkResult::Child => {
+            drop(ready_r);
+            let status = match serve(fs, dev, parent, ready_w) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("bundle: FUSE server: {}", e.0);
+                    1
+                }
+            };
+            std::process::exit(status)
+        }
+        ForkResult::Parent { .. } => {
+            drop(ready_w);
+            drop(dev);
+            let mut b = [0u8; 1];
+            match read(&ready_r, &mut b) {
+                Ok(1) => Ok(()),
+                _ => Err(Error("the FUSE server failed to start".into())),
+            }
+        }
+    }
+}
+
+fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, ready: OwnedFd) -> Result<()> {
+    // Die with the application, whatever kills it (SIGKILL included).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if getppid() != parent {
+        return Ok(());
+    }
+    // Signals meant for the application (a terminal's ^C, scancel's SIGTERM) must not
+    // take the file system away while the application is still handling them.
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(s, SigHandler::SigIgn) }?;
+    }
+    let _ = setsid();
+    // The host root, where /dev/fuse is, stays our root whatever the parent pivots to;
+    // extra channels (one per thread) are opened by path.
+    chroot(crate::rootfs::OLDROOT)?;
+    chdir("/")?;
+    silence_stdio();
+    write(&ready, b"r")?;
+    drop(ready);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let mut config = Config::default();
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    let session = Session::from_fd(fs, dev, SessionACL::Owner, config)?;
+    session.run()?;
+    Ok(())
+}
+
+/// The server keeps no terminal or pipe of the caller open: `$(./app.sif)` must see EOF
+/// when the application closes its output.
+fn silence_stdio() {
+    if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Inode numbers: image node `id` is `id + 1` (so the root is FUSE's 1); the synthetic
+/// mount points follow.
+struct ImageFs {
+    image: Arc<Image>,
+    uid: u32,
+    gid: u32,
+    extra: Vec<(u64, OsString, Kind)>,
+    /// Synthetic children of each directory inode, by name.
+    extra_children: HashMap<u64, Vec<u64>>,
+}
+
+impl ImageFs {
+    fn new(
+        image: Arc<Image>,
+        mount_points: &[(PathBuf, Kind)],
+        uid: Uid,
+        gid: Gid,
+    ) -> Result<ImageFs> {
+        let mut fs = ImageFs {
+            image,
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            extra: Vec::new(),
+            extra_children: HashMap::new(),
+        };
+        let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
+        for (path, kind) in mount_points {
+            let parent = path
+                .parent()
+                .ok_or_else(|| Error("a mount point cannot be /".into()))?;
+            let parent_ino = match by_path.get(parent) {
+                Some(&ino) => ino,
+                None => fs
+                    .image
+                    .lookup(parent)
+                    .map(|id| id as u64 + 1)
+                    .ok_or_else(|| {
+                        Error(format!(
+                            "mount point {} has no parent in the image",
+                            path.display()
+                        ))
+                    })?,
+            };
+            let ino = fs.image.nodes.len() as u64 + 1 + fs.extra.len() as u64;
+            let name = path.file_name().unwrap_or_default().to_owned();
+            fs.extra.push((parent_ino, name, *kind));
+            fs.extra_children.entry(parent_ino).or_default().push(ino);
+            by_path.insert(path.clone(), ino);
+        }
+        Ok(fs)
+    }
+
+    fn node(&self, ino: INodeNo) -> Option<NodeId> {
+        let id = ino.0.checked_sub(1)? as usize;
+        (id < self.image.nodes.len()).then_some(id)
+    }
+
+    fn extra(&self, ino: INodeNo) -> Option<&(u64, OsString, Kind)> {
+        let i = ino.0.checked_sub(1 + self.image.nodes.len() as u64)?;
+        self.extra.get(i as usize)
+    }
+
+    fn attr(&self, ino: INodeNo) -> Option<FileAttr> {
+        let root_time = UNIX_EPOCH + Duration::from_secs(self.image.nodes[0].header.mtime as u64);
+        let (kind, perm, size, uid, gid, mtime) = if let Some(id) = self.node(ino) {
+            let n = &self.image.nodes[id];
+            let (kind, size) = match &n.inner {
+                InnerNode::Dir(_) => (FileType::Directory, 4096),
+                InnerNode::File(f) => (FileType::RegularFile, f.file_len() as u64),
+                InnerNode::Symlink(l) => (FileType::Symlink, l.link.as_os_str().len() as u64),
+                InnerNode::CharacterDevice(_) => (FileType::CharDevice, 0),
+                InnerNode::BlockDevice(_) => (FileType::BlockDevice, 0),
+                InnerNode::NamedPipe => (FileType::NamedPipe, 0),
+                InnerNode::Socket => (FileType::Socket, 0),
+            };
+            let h = &n.header;
+            (
+                kind,
+                h.permissions & 0o7777,
+                size,
+                h.uid,
+                h.gid,
+                UNIX_EPOCH + Duration::from_secs(h.mtime as u64),
+            )
+        } else {
+            let (_, _, k) = self.extra(ino)?;
+            match k {
+                Kind::Dir => (
+                    FileType::Directory,
+                    0o755,
+                    4096,
+                    self.uid,
+                    self.gid,
+                    root_time,
+                ),
+                Kind::File => (
+                    FileType::RegularFile,
+                    0o644,
+                    0,
+                    self.uid,
+                    self.gid,
+                    root_time,
+                ),
+            }
+        };
+        Some(FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid,
+            gid,
+            rdev: 0,
+            blksize: self.image.block_size,
+            flags: 0,
+        })
+    }
+
+    fn children(&self, ino: INodeNo) -> Vec<(u64, FileType, OsString)> {
+        let mut out = Vec::new();
+        if let Some(id) = self.node(ino) {
+            for &c in &self.image.children[id] {
+                let kind = self
+                    .attr(INodeNo(c as u64 + 1))
+                    .map_or(FileType::RegularFile, |a| a.kind);
+                out.push((c as u64 + 1, kind, self.image.name(c).to_owned()));
+            }
+        }
+        for &c in self.extra_children.get(&ino.0).into_iter().flatten() {
+            if let Some((_, name, k)) = self.extra(INodeNo(c)) {
+                let kind = if *k == Kind::Dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                out.push((c, kind, name.clone()));
+            }
+        }
+        out
+    }
+
+    fn parent_of(&self, ino: INodeNo) -> u64 {
+        if let Some(id) = self.node(ino) {
+            let path = &self.image.nodes[id].fullpath;
+            return path
+                .parent()
+                .and_then(|p| self.image.lookup(p))
+                .map_or(1, |p| p as u64 + 1);
+        }
+        self.extra(ino).map_or(1, |e| e.0)
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = self
+            .node(parent)
+            .and_then(|dir| self.image.child(dir, name))
+            .map(|id| id as u64 + 1)
+            .or_else(|| {
+                let kids = self.extra_children.get(&parent.0)?;
+                kids.iter()
+                    .copied()
+                    .find(|&c| self.extra(INodeNo(c)).is_some_and(|e| e.1 == name))
+            });
+        match found.and_then(|ino| self.attr(INodeNo(ino))) {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).map(|id| &self.image.nodes[id].inner) {
+            Some(InnerNode::Symlink(l)) => reply.data(l.link.as_os_str().as_encoded_bytes()),
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(id) = self.node(ino) else {
+            return reply.data(&[]);
+        };
+        let mut buf = vec![0u8; size as usize];
+        match self.image.read_at(id, offset, &mut buf) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+        )
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let mut entries = vec![
+            (ino.0, FileType::Directory, OsString::from(".")),
+            (
+                self.parent_of(ino),
+                FileType::Directory,
+                OsString::from(".."),
+            ),
+        ];
+        entries.extend(self.children(ino));
+        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, kind, &name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = (self.image.nodes.len() + self.extra.len()) as u64;
+        reply.statfs(
+            0,
+            0,
+            0,
+            files,
+            0,
+            self.image.block_size,
+            255,
+            self.image.block_size,
+        )
+    }
+}

@@ -1,0 +1,175 @@
+//! The stub's own command line: leading `--bundle-*` options. Everything from the first
+//! other argument on (or after `--bundle-`'s own `--`) belongs to the application.
+
+use crate::fail::{Error, Result};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Fuse,
+    Extract,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "fuse" => Ok(Mode::Fuse),
+            "extract" => Ok(Mode::Extract),
+            other => Err(Error(format!(
+                "unknown mode `{other}` (expected fuse or extract)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Run the entrypoint with the application's arguments.
+    Run,
+    /// Run another program of the image (`--bundle-exec CMD ARGS…`).
+    Exec,
+    /// Run `/bin/sh` of the image.
+    Shell,
+    Help,
+    Info,
+    Verify,
+    Offset,
+    Extract(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub action: Action,
+    pub mode: Option<Mode>,
+    /// For `Run`: the application's arguments. For `Exec`: the command and its arguments.
+    pub args: Vec<OsString>,
+}
+
+pub const HELP: &str = "\
+This file is a bundle: an application with its own root filesystem.
+Run it like the program it contains; every argument goes to the application.
+
+Options of the bundle itself (they must come first):
+  --bundle-help             this text
+  --bundle-info             print the bundle's metadata (JSON)
+  --bundle-verify           recompute and check the image and metadata digests
+  --bundle-offset           print the byte offset of the squashfs image
+                            (e.g. unsquashfs -o $(./app.sif --bundle-offset) app.sif)
+  --bundle-extract DIR      unpack the image into DIR (must not exist or be empty)
+  --bundle-mode=MODE        fuse or extract (default: fuse when /dev/fuse is usable)
+  --bundle-exec CMD ARGS... run CMD from the image instead of the entrypoint
+  --bundle-shell [ARGS...]  run /bin/sh from the image
+  --                        end of bundle options
+
+Environment: BUNDLE_MODE=fuse|extract, BUNDLE_CACHE_DIR (extract mode cache,
+default $XDG_CACHE_HOME/bundle or ~/.cache/bundle). Errors of the bundle
+itself exit with status 255.
+";
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
+    let mut it = args.into_iter().peekable();
+    let mut opts = Options {
+        action: Action::Run,
+        mode: None,
+        args: Vec::new(),
+    };
+    while let Some(arg) = it.peek() {
+        let Some(s) = arg
+            .to_str()
+            .filter(|s| s.starts_with("--bundle-") || *s == "--")
+        else {
+            break;
+        };
+        let s = s.to_string();
+        it.next();
+        if s == "--" {
+            break;
+        }
+        let (name, inline) = match s.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (s.clone(), None),
+        };
+        let mut value = |what: &str| -> Result<OsString> {
+            match &inline {
+                Some(v) => Ok(OsString::from(v)),
+                None => it
+                    .next()
+                    .ok_or_else(|| Error(format!("{name} needs {what}"))),
+            }
+        };
+        match name.as_str() {
+            "--bundle-help" => opts.action = Action::Help,
+            "--bundle-info" => opts.action = Action::Info,
+            "--bundle-verify" => opts.action = Action::Verify,
+            "--bundle-offset" => opts.action = Action::Offset,
+            "--bundle-extract" => opts.action = Action::Extract(value("a directory")?.into()),
+            "--bundle-mode" => {
+                let v = value("fuse or extract")?;
+                opts.mode = Some(Mode::parse(&v.to_string_lossy())?);
+            }
+            "--bundle-exec" => {
+                opts.action = Action::Exec;
+                let cmd = value("a command")?;
+                opts.args.push(cmd);
+                break;
+            }
+            "--bundle-shell" => {
+                opts.action = Action::Shell;
+                break;
+            }
+            _ => {
+                return Err(Error(format!(
+                    "unknown option {name}; run with --bundle-help for the list"
+                )))
+            }
+        }
+    }
+    opts.args.extend(it);
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Options> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn application_arguments_pass_untouched() {
+        let o = p(&["a", "--bundle-info", "two words"]).unwrap();
+        assert_eq!(o.action, Action::Run);
+        assert_eq!(o.args, ["a", "--bundle-info", "two words"]);
+    }
+
+    #[test]
+    fn leading_bundle_options_are_ours() {
+        let o = p(&["--bundle-mode=extract", "--", "--bundle-help"]).unwrap();
+        assert_eq!(o.mode, Some(Mode::Extract));
+        assert_eq!(o.args, ["--bundle-help"]);
+        let o = p(&[
+            "--bundle-mode",
+            "fuse",
+            "--bundle-exec",
+            "ls",
+            "-l",
+            "--bundle-x",
+        ])
+        .unwrap();
+        assert_eq!((o.action, o.mode), (Action::Exec, Some(Mode::Fuse)));
+        assert_eq!(o.args, ["ls", "-l", "--bundle-x"]);
+        assert_eq!(
+            p(&["--bundle-extract", "d"]).unwrap().action,
+            Action::Extract("d".into())
+        );
+    }
+
+    #[test]
+    fn mistakes_are_errors() {
+        assert!(p(&["--bundle-nope"]).is_err());
+        assert!(p(&["--bundle-mode=kernelx"]).is_err());
+        assert!(p(&["--bundle-exec"]).is_err());
+    }
+}
