@@ -108,7 +108,7 @@ impl Trailer {
         if file_len < TRAILER_LEN as u64 {
             return Err(TrailerError::TooShort(file_len));
         }
-        if self.image_offset % crate::IMAGE_ALIGN != 0 {
+        if !self.image_offset.is_multiple_of(crate::IMAGE_ALIGN) {
             return layout("image offset is not 4096-aligned");
         }
         let Some(image_end) = self.image_offset.checked_add(self.image_size) else {

@@ -1,20 +1,24 @@
 //! Running the application in its container: the start-up, as one story.
 //!
 //! ```text
-//! trailer ─► mode ─► plan ─► user+mount ns ─► scratch root ─► image at /newroot
-//!        ─► binds ─► pivot_root ─► cwd ─► exec
+//! trailer ─► mode ─► session key ─► join the session's container ──────────────► cwd ─► exec
+//!                                   └─ none yet: start a keeper, which builds it:
+//!                                      plan ─► user+mount ns ─► scratch root ─► image
+//!                                      at /newroot ─► binds ─► pivot_root
 //! ```
 //! Everything that can fail because of the input (no entrypoint, an unusable mode, a
-//! working directory that cannot be bound) fails before the first namespace is made.
+//! working directory that cannot be bound) fails before a namespace is made.
 
 use crate::cache;
 use crate::exec::exec;
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
+use crate::keeper;
 use crate::namespaces;
 use crate::options::{Action, Mode, Options};
-use crate::plan::{self, Found, Host};
+use crate::plan::{self, Found, Host, Plan};
 use crate::rootfs;
+use crate::session::{self, Rendezvous};
 use backhand::InnerNode;
 use bundle_format::{Bundle, Image};
 use nix::unistd::{getgid, getuid};
@@ -22,57 +26,77 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a container outlives its last user unless told otherwise.
+const DEFAULT_LINGER: Duration = Duration::from_secs(3);
 
 pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> {
     let argv = command_line(bundle, opts)?;
     let mode = choose_mode(opts.mode)?;
-    let (uid, gid) = (getuid(), getgid());
-    let image = Arc::new(Image::open(&bundle.file, bundle.trailer.image_offset)?);
     let cwd =
         std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
     let who = Host {
         cwd: cwd.clone(),
         home: std::env::var_os("HOME").map(PathBuf::from),
     };
+    let key = session::key(&[
+        &bundle.image_digest(),
+        mode.name(),
+        &who.cwd.to_string_lossy(),
+        &who.home
+            .as_deref()
+            .unwrap_or(Path::new(""))
+            .to_string_lossy(),
+        &session::job(opts.share.as_deref()),
+    ]);
+    let rv = Rendezvous::for_key(&key)?;
+    let linger = linger(opts.linger)?;
+    session::attach(&rv, || {
+        keeper::start(&rv, linger, || build(bundle, mode, &who))
+    })?;
+    std::env::set_current_dir(&cwd)
+        .context(|| format!("cannot enter {} in the container", cwd.display()))?;
+    Err(exec(&argv, &bundle.metadata.env))
+}
 
-    let (plan, tree) = match mode {
+/// Runs in the keeper: makes the namespaces and the root, and stays inside them.
+/// Returns whether a user namespace was made (ranks must join it too).
+fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
+    let (uid, gid) = (getuid(), getgid());
+    let image = Arc::new(Image::open(&bundle.file, bundle.trailer.image_offset)?);
+    let (plan, tree): (Plan, Option<PathBuf>) = match mode {
         Mode::Fuse => (
-            plan::build(&who, &host_found, &|p| image_found(&image, p))?,
+            plan::build(who, &host_found, &|p| image_found(&image, p))?,
             None,
         ),
         Mode::Extract => {
             let tree = cache::cached_tree(bundle, &image)?;
             (
-                plan::build(&who, &host_found, &|p| dir_found(&tree, p))?,
+                plan::build(who, &host_found, &|p| dir_found(&tree, p))?,
                 Some(tree),
             )
         }
     };
-
     namespaces::enter(uid, gid)?;
-    let fuse_dev = if mode == Mode::Fuse {
-        Some(fuse::open_device()?)
-    } else {
-        None
-    };
     rootfs::enter_scratch_root()?;
-    match (fuse_dev, &tree) {
-        (Some(dev), _) => fuse::mount_image(
-            dev,
-            image,
-            &plan.mount_points,
-            Path::new(rootfs::NEWROOT),
-            uid,
-            gid,
-        )?,
-        (_, Some(tree)) => rootfs::mount_tree(tree, &plan)?,
-        (None, None) => unreachable!("extract mode always has a tree"),
+    match &tree {
+        None => {
+            let dev = fuse::open_device_in(Path::new(rootfs::OLDROOT))?;
+            fuse::mount_image(
+                dev,
+                image,
+                &plan.mount_points,
+                Path::new(rootfs::NEWROOT),
+                uid,
+                gid,
+            )?
+        }
+        Some(tree) => rootfs::mount_tree(tree, &plan)?,
     }
     rootfs::apply_binds(&plan.binds)?;
     rootfs::pivot_into_container()?;
-    std::env::set_current_dir(&cwd)
-        .context(|| format!("cannot enter {} in the container", cwd.display()))?;
-    Err(exec(&argv, &bundle.metadata.env))
+    Ok(true)
 }
 
 /// What to run: the entrypoint with the caller's arguments, or what `--bundle-exec` /
@@ -109,7 +133,7 @@ fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
         _ => None,
     };
     match forced {
-        Some(Mode::Fuse) => match fuse::open_device() {
+        Some(Mode::Fuse) => match fuse::open_device_in(Path::new("/")) {
             Ok(_) => Ok(Mode::Fuse),
             Err(e) => Err(Error(format!(
                 "fuse mode: {}; use --bundle-mode=extract",
@@ -117,12 +141,25 @@ fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
             ))),
         },
         Some(Mode::Extract) => Ok(Mode::Extract),
-        None => Ok(if fuse::open_device().is_ok() {
+        None => Ok(if fuse::open_device_in(Path::new("/")).is_ok() {
             Mode::Fuse
         } else {
             Mode::Extract
         }),
     }
+}
+
+/// `--bundle-linger`, else `BUNDLE_LINGER`, in seconds (fractions allowed).
+fn linger(flag: Option<f64>) -> Result<Duration> {
+    let secs = match (flag, std::env::var("BUNDLE_LINGER")) {
+        (Some(s), _) => s,
+        (None, Ok(v)) if !v.is_empty() => v
+            .parse::<f64>()
+            .map_err(|_| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))?,
+        _ => return Ok(DEFAULT_LINGER),
+    };
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| Error(format!("linger {secs} is not a number of seconds")))
 }
 
 fn host_found(p: &Path) -> Option<(Found, PathBuf)> {

@@ -18,7 +18,7 @@ use fuser::{
 };
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
-use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::unistd::{
     chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkResult, Gid, Pid, Uid,
@@ -36,9 +36,13 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Opens the FUSE device, or tells why not (`/dev/fuse` is 0600 on some hosts). The
 /// kernel accepts the device for a mount only if it was opened in the mount's user
 /// namespace, so this is called once to choose the mode and again inside.
-pub fn open_device() -> Result<OwnedFd> {
-    open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-        .context(|| "cannot open /dev/fuse".to_string())
+pub fn open_device_in(host_root: &Path) -> Result<OwnedFd> {
+    open(
+        &host_root.join("dev/fuse"),
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context(|| "cannot open /dev/fuse".to_string())
 }
 
 /// Mounts the image at `at` and starts the server. `mount_points` are paths the image
@@ -102,20 +106,7 @@ fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, ready: OwnedFd) -> Result<()> {
     if getppid() != parent {
         return Ok(());
     }
-    // Signals meant for the application (a terminal's ^C, scancel's SIGTERM) must not
-    // take the file system away while the application is still handling them.
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGPIPE,
-    ] {
-        // SAFETY: SIG_IGN installs no handler code.
-        unsafe { signal(s, SigHandler::SigIgn) }?;
-    }
+    crate::keeper::ignore_job_signals();
     let _ = setsid();
     // The host root, where /dev/fuse is, stays our root whatever the parent pivots to;
     // extra channels (one per thread) are opened by path.
@@ -135,7 +126,7 @@ fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, ready: OwnedFd) -> Result<()> {
 
 /// The server keeps no terminal or pipe of the caller open: `$(./app.sif)` must see EOF
 /// when the application closes its output.
-fn silence_stdio() {
+pub fn silence_stdio() {
     if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors, which we own.

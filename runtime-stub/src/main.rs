@@ -7,10 +7,12 @@ mod container;
 mod exec;
 mod fail;
 mod fuse;
+mod keeper;
 mod namespaces;
 mod options;
 mod plan;
 mod rootfs;
+mod session;
 
 use bundle_format::Bundle;
 use fail::{exit_with, Error, Result};

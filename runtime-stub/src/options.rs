@@ -12,6 +12,13 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fuse => "fuse",
+            Mode::Extract => "extract",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Mode> {
         match s {
             "fuse" => Ok(Mode::Fuse),
@@ -38,12 +45,16 @@ pub enum Action {
     Extract(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub action: Action,
     pub mode: Option<Mode>,
     /// For `Run`: the application's arguments. For `Exec`: the command and its arguments.
     pub args: Vec<OsString>,
+    /// `--bundle-share=off|KEY`: no sharing, or this session key instead of the job's.
+    pub share: Option<String>,
+    /// `--bundle-linger=SECS`: how long the container outlives its last user.
+    pub linger: Option<f64>,
 }
 
 pub const HELP: &str = "\
@@ -60,11 +71,15 @@ Options of the bundle itself (they must come first):
   --bundle-mode=MODE        fuse or extract (default: fuse when /dev/fuse is usable)
   --bundle-exec CMD ARGS... run CMD from the image instead of the entrypoint
   --bundle-shell [ARGS...]  run /bin/sh from the image
+  --bundle-share=off|KEY    do not share the container with the job's other
+                            processes on this node, or share it under KEY
+  --bundle-linger=SECS      keep the container this long after its last user
+                            (default 3; 0 to leave at once)
   --                        end of bundle options
 
-Environment: BUNDLE_MODE=fuse|extract, BUNDLE_CACHE_DIR (extract mode cache,
-default $XDG_CACHE_HOME/bundle or ~/.cache/bundle). Errors of the bundle
-itself exit with status 255.
+Environment: BUNDLE_MODE=fuse|extract, BUNDLE_SHARE=off|KEY, BUNDLE_LINGER=SECS,
+BUNDLE_CACHE_DIR (extract mode cache, default $XDG_CACHE_HOME/bundle or
+~/.cache/bundle). Errors of the bundle itself exit with status 255.
 ";
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
@@ -73,6 +88,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
         action: Action::Run,
         mode: None,
         args: Vec::new(),
+        share: None,
+        linger: None,
     };
     while let Some(arg) = it.peek() {
         let Some(s) = arg
@@ -107,6 +124,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
             "--bundle-mode" => {
                 let v = value("fuse or extract")?;
                 opts.mode = Some(Mode::parse(&v.to_string_lossy())?);
+            }
+            "--bundle-share" => {
+                opts.share = Some(value("off or a key")?.to_string_lossy().into_owned())
+            }
+            "--bundle-linger" => {
+                let v = value("a number of seconds")?;
+                let secs = v
+                    .to_str()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .filter(|s| *s >= 0.0);
+                opts.linger = Some(secs.ok_or_else(|| {
+                    Error(format!("--bundle-linger {v:?} is not a number of seconds"))
+                })?);
             }
             "--bundle-exec" => {
                 opts.action = Action::Exec;

@@ -1,0 +1,265 @@
+//! The keeper: the process that builds a session's container and holds it while ranks
+//! use it (see `session.rs` for the protocol from the rank's side).
+//!
+//! It is a daemon (double fork, own session, no stdio of the caller), so that it is no
+//! rank's child and no rank's death takes the container away from the others. It
+//! counts members by pid — with a pidfd where the kernel has them (5.3+), else by
+//! polling — and leaves `linger` after the last one is gone. When it leaves, the
+//! namespaces lose their last process and the kernel takes the mounts down with them;
+//! the FUSE server, its child, dies with it (`PR_SET_PDEATHSIG`).
+
+use crate::fail::{Error, Result};
+use crate::session::{Rendezvous, JOINED};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::socket::{getsockopt, sendmsg, sockopt::PeerCredentials, ControlMessage, MsgFlags};
+use nix::sys::wait::waitpid;
+use nix::unistd::{fork, pipe, setsid, unlinkat, ForkResult, Pid, Uid, UnlinkatFlags};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Starts a keeper that runs `build` (which must leave the calling process inside the
+/// finished container) and then serves joins on the rendezvous socket. Returns once
+/// the keeper is ready, or with the error that stopped it.
+pub fn start(
+    rv: &Rendezvous,
+    linger: Duration,
+    build: impl FnOnce() -> Result<bool>,
+) -> Result<()> {
+    let listener = UnixListener::bind(&rv.socket)
+        .map_err(|e| Error(format!("cannot listen on {}: {e}", rv.socket.display())))?;
+    // Opened now: once inside the container, the rendezvous directory may not be visible.
+    let exit = Exit {
+        lock: File::open(&rv.lock)?,
+        dir: File::open(rv.socket.parent().unwrap_or(Path::new("/")))?,
+        socket_name: rv.socket.file_name().unwrap_or_default().to_owned(),
+        lock_name: rv.lock.file_name().unwrap_or_default().to_owned(),
+    };
+    let (report_r, report_w) = pipe()?;
+    // SAFETY: single-threaded; the children run only our own code.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(report_r);
+            let _ = setsid();
+            // SAFETY: as above. The middle process exits at once, so the keeper is
+            // re-parented away from the rank.
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                run_keeper(listener, File::from(report_w), exit, linger, build);
+            }
+            // SAFETY: leave without running the parent's atexit handlers or destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(report_w);
+            drop(listener);
+            let _ = waitpid(child, None);
+            // One line: the FUSE server inherits the pipe, so it may never reach EOF.
+            let mut report = String::new();
+            let _ = BufReader::new(File::from(report_r)).read_line(&mut report);
+            let report = report.trim_end();
+            match report.strip_prefix('R') {
+                Some(_) => Ok(()),
+                None if report.is_empty() => {
+                    Err(Error("the container keeper died while starting".into()))
+                }
+                None => Err(Error(report.trim_start_matches('E').to_string())),
+            }
+        }
+    }
+}
+
+fn run_keeper(
+    listener: UnixListener,
+    mut report: File,
+    exit: Exit,
+    linger: Duration,
+    build: impl FnOnce() -> Result<bool>,
+) -> ! {
+    ignore_job_signals();
+    let own_user = match build() {
+        Ok(own_user) => own_user,
+        Err(e) => fail(report, e),
+    };
+    let ns = match namespace_fds(own_user) {
+        Ok(ns) => ns,
+        Err(e) => fail(report, e),
+    };
+    let _ = report.write_all(b"R\n");
+    drop(report);
+    crate::fuse::silence_stdio();
+    serve(listener, &ns, &exit, linger);
+    std::process::exit(0)
+}
+
+fn fail(mut report: File, e: Error) -> ! {
+    let _ = report.write_all(format!("E{}\n", e.0.replace('\n', " ")).as_bytes());
+    std::process::exit(1)
+}
+
+/// Signals meant for the application (a terminal's ^C, `scancel`'s SIGTERM) must not
+/// take the container away while the application is still handling them.
+pub fn ignore_job_signals() {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+    }
+}
+
+/// The namespaces a rank must join: user (if we made one) and mount.
+fn namespace_fds(own_user: bool) -> Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    if own_user {
+        fds.push(File::open("/proc/self/ns/user")?.into());
+    }
+    fds.push(File::open("/proc/self/ns/mnt")?.into());
+    Ok(fds)
+}
+
+struct Member {
+    pid: Pid,
+    /// Readable when the process has exited; `None` on kernels without pidfd.
+    pidfd: Option<OwnedFd>,
+}
+
+impl Member {
+    fn new(pid: Pid) -> Member {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        // SAFETY: a non-negative return is a descriptor we now own.
+        let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        Member { pid, pidfd }
+    }
+
+    fn alive(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => {
+                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                !matches!(poll(&mut p, PollTimeout::ZERO), Ok(1))
+            }
+            None => kill(self.pid, None) != Err(Errno::ESRCH),
+        }
+    }
+}
+
+/// What the keeper needs to leave cleanly, opened while the host's paths were visible.
+struct Exit {
+    lock: File,
+    dir: File,
+    socket_name: OsString,
+    lock_name: OsString,
+}
+
+fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) {
+    let _ = listener.set_nonblocking(true);
+    let me = Uid::current();
+    let mut members: Vec<Member> = Vec::new();
+    let mut idle_since = Instant::now();
+    loop {
+        let timeout = if members.is_empty() {
+            // Not below a few milliseconds: leaving may have to wait for a starting rank.
+            linger
+                .saturating_sub(idle_since.elapsed())
+                .max(Duration::from_millis(5))
+        } else if members.iter().any(|m| m.pidfd.is_none()) {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(3600)
+        };
+        wait_for_event(&listener, &members, timeout);
+        while let Ok((stream, _)) = listener.accept() {
+            if let Some(pid) = admit(&stream, me, ns) {
+                members.push(Member::new(pid));
+            }
+        }
+        let before = members.len();
+        members.retain(Member::alive);
+        if members.is_empty() {
+            if before > 0 {
+                idle_since = Instant::now();
+            }
+            if idle_since.elapsed() >= linger && leave(&listener, exit) {
+                return;
+            }
+        }
+    }
+}
+
+fn wait_for_event(listener: &UnixListener, members: &[Member], timeout: Duration) {
+    let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    fds.extend(
+        members
+            .iter()
+            .filter_map(|m| m.pidfd.as_ref())
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+    );
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
+}
+
+/// Registers the peer (same user only) and hands it the namespaces.
+fn admit(stream: &UnixStream, me: Uid, ns: &[OwnedFd]) -> Option<Pid> {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let cred = getsockopt(stream, PeerCredentials).ok()?;
+    if cred.uid() != me.as_raw() {
+        return None;
+    }
+    let mut req = [0u8; 1];
+    (&*stream).read_exact(&mut req).ok()?;
+    let pid = Pid::from_raw(cred.pid());
+    let raw: Vec<i32> = ns.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&[JOINED])],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .ok()?;
+    Some(pid)
+}
+
+/// Leaves only if no rank is starting a keeper right now (it holds the lock and may be
+/// about to join us). The socket goes first, then whoever connected meanwhile is
+/// turned away; they retry under the lock and start a new keeper.
+fn leave(listener: &UnixListener, exit: &Exit) -> bool {
+    let Ok(lock) = exit.lock.try_clone() else {
+        return true;
+    };
+    let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+        return false;
+    };
+    let _ = unlinkat(
+        &exit.dir,
+        exit.socket_name.as_os_str(),
+        UnlinkatFlags::NoRemoveDir,
+    );
+    let _ = unlinkat(
+        &exit.dir,
+        exit.lock_name.as_os_str(),
+        UnlinkatFlags::NoRemoveDir,
+    );
+    while let Ok((stream, _)) = listener.accept() {
+        drop(stream);
+    }
+    true
+}
