@@ -29,10 +29,7 @@ pub fn to_dir(image: &Image, dest: &Path) -> io::Result<()> {
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} is not empty; give a new or empty directory",
-                    dest.display()
-                ),
+                format!("{} is not empty; give a new or empty directory", dest.display()),
             ))
         }
         Err(_) => fs::create_dir(dest).map_err(at(dest, "cannot create"))?,
@@ -46,12 +43,7 @@ pub fn to_dir(image: &Image, dest: &Path) -> io::Result<()> {
     finish(image, 0, dest)
 }
 
-fn extract_dir(
-    image: &Image,
-    dir: NodeId,
-    under: &Path,
-    dirs: &mut Vec<(NodeId, PathBuf)>,
-) -> io::Result<()> {
+fn extract_dir(image: &Image, dir: NodeId, under: &Path, dirs: &mut Vec<(NodeId, PathBuf)>) -> io::Result<()> {
     for &child in &image.children[dir] {
         let name = image.name(child);
         let path = under.join(plain_name(name)?);
@@ -112,9 +104,7 @@ fn finish(image: &Image, id: NodeId, path: &Path) -> io::Result<()> {
     let h = &image.nodes[id].header;
     let t = UNIX_EPOCH + Duration::from_secs(h.mtime as u64);
     // Times first: the mode may take our own write permission away.
-    File::open(path)
-        .and_then(|f| f.set_times(FileTimes::new().set_accessed(t).set_modified(t)))
-        .ok();
+    File::open(path).and_then(|f| f.set_times(FileTimes::new().set_accessed(t).set_modified(t))).ok();
     let mode = (h.permissions as u32) & 0o1777;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(at(path, "cannot chmod"))
 }

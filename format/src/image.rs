@@ -43,10 +43,7 @@ impl Image {
         let fs = FilesystemReader::from_reader_with_offset(reader, offset)
             .map_err(|e| corrupt(&format!("cannot read the squashfs image ({e})")))?;
         use backhand::traits::Compressor;
-        if !matches!(
-            fs.compressor,
-            Some(Compressor::Zstd | Compressor::Uncompressed) | None
-        ) {
+        if !matches!(fs.compressor, Some(Compressor::Zstd | Compressor::Uncompressed) | None) {
             return Err(io::Error::other(format!(
                 "image compression {:?} is not supported (only zstd)",
                 fs.compressor
@@ -69,25 +66,18 @@ impl Image {
     }
 
     pub fn name(&self, id: NodeId) -> &OsStr {
-        self.nodes[id]
-            .fullpath
-            .file_name()
-            .unwrap_or(OsStr::new("/"))
+        self.nodes[id].fullpath.file_name().unwrap_or(OsStr::new("/"))
     }
 
     /// The child of `dir` called `name`, by binary search (children are in name order).
     pub fn child(&self, dir: NodeId, name: &OsStr) -> Option<NodeId> {
         let kids = self.children.get(dir)?;
-        kids.binary_search_by(|&k| self.name(k).as_bytes().cmp(name.as_bytes()))
-            .ok()
-            .map(|i| kids[i])
+        kids.binary_search_by(|&k| self.name(k).as_bytes().cmp(name.as_bytes())).ok().map(|i| kids[i])
     }
 
     /// Walks an absolute path from the root without following symlinks.
     pub fn lookup(&self, path: &Path) -> Option<NodeId> {
-        path.components()
-            .skip(1)
-            .try_fold(0, |dir, c| self.child(dir, c.as_os_str()))
+        path.components().skip(1).try_fold(0, |dir, c| self.child(dir, c.as_os_str()))
     }
 
     pub fn inner(&self, id: NodeId) -> &InnerNode<SquashfsFileReader> {
@@ -117,13 +107,7 @@ impl Image {
     }
 
     /// The decompressed bytes of block `index` of a file: a data block or its fragment tail.
-    fn file_block(
-        &self,
-        id: NodeId,
-        file: &SquashfsFileReader,
-        index: usize,
-        len: u64,
-    ) -> io::Result<Arc<Vec<u8>>> {
+    fn file_block(&self, id: NodeId, file: &SquashfsFileReader, index: usize, len: u64) -> io::Result<Arc<Vec<u8>>> {
         let bs = self.block_size as u64;
         let sizes = file.block_sizes();
         if index < sizes.len() {
@@ -145,32 +129,16 @@ impl Image {
             });
             return self.block(starts[index], size.size(), !size.uncompressed(), expect);
         }
-        let frag = self
-            .fragments
-            .get(file.frag_index())
-            .ok_or_else(|| corrupt("fragment index out of range"))?;
-        let whole = self.block(
-            frag.start,
-            frag.size.size(),
-            !frag.size.uncompressed(),
-            self.block_size as usize,
-        )?;
+        let frag = self.fragments.get(file.frag_index()).ok_or_else(|| corrupt("fragment index out of range"))?;
+        let whole = self.block(frag.start, frag.size.size(), !frag.size.uncompressed(), self.block_size as usize)?;
         let from = file.block_offset() as usize;
         let tail = (len - index as u64 * bs) as usize;
-        let piece = whole
-            .get(from..from + tail)
-            .ok_or_else(|| corrupt("fragment shorter than the file's tail"))?;
+        let piece = whole.get(from..from + tail).ok_or_else(|| corrupt("fragment shorter than the file's tail"))?;
         Ok(Arc::new(piece.to_vec()))
     }
 
     /// One block from disk, through the cache.
-    fn block(
-        &self,
-        start: u64,
-        size: u32,
-        compressed: bool,
-        max: usize,
-    ) -> io::Result<Arc<Vec<u8>>> {
+    fn block(&self, start: u64, size: u32, compressed: bool, max: usize) -> io::Result<Arc<Vec<u8>>> {
         if let Some(b) = self.cache.lock().unwrap().get(start) {
             return Ok(b);
         }
@@ -188,10 +156,7 @@ impl Image {
 }
 
 fn corrupt(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{what}: the image is corrupted"),
-    )
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what}: the image is corrupted"))
 }
 
 /// One pass over the nodes, which backhand keeps sorted by path (a directory comes

@@ -79,10 +79,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_unknown_fields_ignored() {
-        let mut m = Metadata {
-            entrypoint: vec!["/bin/hello".into()],
-            ..Default::default()
-        };
+        let mut m = Metadata { entrypoint: vec!["/bin/hello".into()], ..Default::default() };
         m.env.insert("A".into(), "1".into());
         let back = Metadata::from_json(&m.to_json()).unwrap();
         assert_eq!(back, m);

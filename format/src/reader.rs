@@ -33,10 +33,9 @@ impl fmt::Display for OpenError {
                 write!(f, "metadata digest mismatch: the bundle is corrupted")
             }
             OpenError::MetadataJson(e) => write!(f, "metadata is not valid: {e}"),
-            OpenError::ImageDigest { expected, actual } => write!(
-                f,
-                "image digest mismatch (expected sha256 {expected}, found {actual}): the bundle is corrupted"
-            ),
+            OpenError::ImageDigest { expected, actual } => {
+                write!(f, "image digest mismatch (expected sha256 {expected}, found {actual}): the bundle is corrupted")
+            }
         }
     }
 }
@@ -67,13 +66,8 @@ impl Bundle {
         if Sha256::digest(&json).as_slice() != trailer.metadata_sha256 {
             return Err(OpenError::MetadataDigest);
         }
-        let metadata =
-            Metadata::from_json(&json).map_err(|e| OpenError::MetadataJson(e.to_string()))?;
-        Ok(Bundle {
-            file,
-            trailer,
-            metadata,
-        })
+        let metadata = Metadata::from_json(&json).map_err(|e| OpenError::MetadataJson(e.to_string()))?;
+        Ok(Bundle { file, trailer, metadata })
     }
 
     /// Hex sha256 of the image as recorded in the trailer; names the extraction cache.
@@ -85,10 +79,7 @@ impl Bundle {
     pub fn verify_image(&self) -> Result<(), OpenError> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
-        let (mut pos, end) = (
-            self.trailer.image_offset,
-            self.trailer.image_offset + self.trailer.image_size,
-        );
+        let (mut pos, end) = (self.trailer.image_offset, self.trailer.image_offset + self.trailer.image_size);
         while pos < end {
             let want = buf.len().min((end - pos) as usize);
             self.file.read_exact_at(&mut buf[..want], pos)?;
@@ -97,10 +88,7 @@ impl Bundle {
         }
         let actual: [u8; 32] = hasher.finalize().into();
         if actual != self.trailer.image_sha256 {
-            return Err(OpenError::ImageDigest {
-                expected: hex(&self.trailer.image_sha256),
-                actual: hex(&actual),
-            });
+            return Err(OpenError::ImageDigest { expected: hex(&self.trailer.image_sha256), actual: hex(&actual) });
         }
         Ok(())
     }

@@ -121,10 +121,7 @@ impl Trailer {
             return layout("metadata size overflows");
         };
         if meta_end + TRAILER_LEN as u64 != file_len {
-            return layout(&format!(
-                "expected {} bytes, file has {file_len}",
-                meta_end + TRAILER_LEN as u64
-            ));
+            return layout(&format!("expected {} bytes, file has {file_len}", meta_end + TRAILER_LEN as u64));
         }
         Ok(())
     }
@@ -157,14 +154,8 @@ mod tests {
     fn rejects_wrong_length_and_magic() {
         let t = sample();
         let len = 9192 + 50 + TRAILER_LEN as u64;
-        assert!(matches!(
-            Trailer::decode(&t.encode(), len - 1),
-            Err(TrailerError::Layout(_))
-        ));
-        assert!(matches!(
-            Trailer::decode(&[0; TRAILER_LEN], len),
-            Err(TrailerError::NotABundle)
-        ));
+        assert!(matches!(Trailer::decode(&t.encode(), len - 1), Err(TrailerError::Layout(_))));
+        assert!(matches!(Trailer::decode(&[0; TRAILER_LEN], len), Err(TrailerError::NotABundle)));
         let mut b = t.encode();
         b[127] ^= 1;
         assert_eq!(Trailer::decode(&b, len), Err(TrailerError::Damaged));

@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 /// Where extract mode keeps its trees: `$BUNDLE_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/bundle`, else `~/.cache/bundle`.
 pub fn cache_root() -> Result<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     var("BUNDLE_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("bundle")))
         .or_else(|| var("HOME").map(|d| d.join(".cache/bundle")))
@@ -32,12 +28,19 @@ pub fn cached_tree(bundle: &Bundle, image: &Image) -> Result<PathBuf> {
         return Ok(tree);
     }
     fs::create_dir_all(&images).map_err(|e| {
-        Error(format!("cannot create the cache directory {}: {e}; set BUNDLE_CACHE_DIR to a writable directory", images.display()))
+        Error(format!(
+            "cannot create the cache directory {}: {e}; set BUNDLE_CACHE_DIR to a writable directory",
+            images.display()
+        ))
     })?;
     let lock_path = images.join(format!("{digest}.lock"));
-    let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path).map_err(|e| {
-        Error(format!("cannot write in the cache directory {}: {e}; set BUNDLE_CACHE_DIR to a writable directory", images.display()))
-    })?;
+    let lock =
+        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path).map_err(|e| {
+            Error(format!(
+                "cannot write in the cache directory {}: {e}; set BUNDLE_CACHE_DIR to a writable directory",
+                images.display()
+            ))
+        })?;
     let _held = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, e)| Error(format!("cannot lock {}: {e}", lock_path.display())))?;
     if tree.is_dir() {
@@ -48,9 +51,7 @@ pub fn cached_tree(bundle: &Bundle, image: &Image) -> Result<PathBuf> {
     let tmp = images.join(format!(".tmp-{digest}-{}", std::process::id()));
     let result = extract::to_dir(image, &tmp)
         .map_err(|e| Error(format!("cannot unpack the image into the cache: {e}")))
-        .and_then(|()| {
-            fs::rename(&tmp, &tree).context(|| format!("cannot publish {}", tree.display()))
-        });
+        .and_then(|()| fs::rename(&tmp, &tree).context(|| format!("cannot publish {}", tree.display())));
     if let Err(e) = result {
         remove_tree(&tmp);
         return Err(e);

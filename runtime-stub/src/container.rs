@@ -1,27 +1,29 @@
 //! Running the application in its container: the start-up, as one story.
 //!
 //! ```text
-//! trailer ─► mode ─► session key ─► join the session's container ──────────────► cwd ─► exec
-//!                                   └─ none yet: start a keeper, which builds it:
-//!                                      plan ─► user+mount ns ─► scratch root ─► image
-//!                                      at /newroot ─► binds ─► pivot_root
+//! trailer ─► mode ─► binds ─► session key ─► join the session's container ─► cwd ─► env ─► exec
+//!                                           └─ none yet: start a keeper, which builds it:
+//!                                              plan ─► namespaces ─► scratch root ─► image
+//!                                              at /newroot ─► binds ─► pivot_root
 //! ```
 //! Everything that can fail because of the input (no entrypoint, an unusable mode, a
-//! working directory that cannot be bound) fails before a namespace is made.
+//! bind that cannot be made) fails before a namespace is made.
 
 use crate::cache;
-use crate::exec::exec;
+use crate::exec::{drop_privileges, environment, exec};
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
 use crate::keeper;
+use crate::loopdev;
 use crate::namespaces;
 use crate::options::{Action, Mode, Options};
-use crate::plan::{self, Found, Host, Plan};
+use crate::plan::{self, Found, Host, Plan, UserBind};
 use crate::rootfs;
 use crate::session::{self, Rendezvous};
 use backhand::InnerNode;
 use bundle_format::{Bundle, Image};
-use nix::unistd::{getgid, getuid};
+use nix::mount::{mount, MsFlags};
+use nix::unistd::{geteuid, getgid, getuid};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,33 +33,43 @@ use std::time::Duration;
 /// How long a container outlives its last user unless told otherwise.
 const DEFAULT_LINGER: Duration = Duration::from_secs(3);
 
+/// Launchers' variables that name a directory their ranks must reach: Open MPI's and
+/// PMIx's rendezvous and session directories, and the job's scratch directory.
+const RENDEZVOUS_VARS: [&str; 6] = [
+    "PMIX_SERVER_TMPDIR",
+    "PMIX_SYSTEM_TMPDIR",
+    "OMPI_MCA_orte_tmpdir_base",
+    "PRTE_MCA_prte_tmpdir_base",
+    "SLURM_PMIX_TMPDIR",
+    "TMPDIR",
+];
+
 pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> {
     let argv = command_line(bundle, opts)?;
     let mode = choose_mode(opts.mode)?;
-    let cwd =
-        std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
+    let cwd = std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
     let who = Host {
         cwd: cwd.clone(),
         home: std::env::var_os("HOME").map(PathBuf::from),
+        rendezvous: RENDEZVOUS_VARS
+            .iter()
+            .filter_map(std::env::var_os)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .collect(),
+        binds: user_binds(bundle, opts)?,
     };
-    let key = session::key(&[
-        &bundle.image_digest(),
-        mode.name(),
-        &who.cwd.to_string_lossy(),
-        &who.home
-            .as_deref()
-            .unwrap_or(Path::new(""))
-            .to_string_lossy(),
-        &session::job(opts.share.as_deref()),
-    ]);
+    let key =
+        session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let rv = Rendezvous::for_key(&key)?;
     let linger = linger(opts.linger)?;
-    session::attach(&rv, || {
-        keeper::start(&rv, linger, || build(bundle, mode, &who))
-    })?;
-    std::env::set_current_dir(&cwd)
-        .context(|| format!("cannot enter {} in the container", cwd.display()))?;
-    Err(exec(&argv, &bundle.metadata.env))
+    session::attach(&rv, || keeper::start(&rv, linger, || build(bundle, mode, &who)))?;
+    std::env::set_current_dir(&cwd).context(|| format!("cannot enter {} in the container", cwd.display()))?;
+    let env = environment(std::env::vars_os(), &bundle.metadata.env, opts.cleanenv);
+    if geteuid().is_root() && !opts.keep_caps {
+        drop_privileges()?;
+    }
+    Err(exec(&argv, &env))
 }
 
 /// Runs in the keeper: makes the namespaces and the root, and stays inside them.
@@ -66,37 +78,38 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
     let (uid, gid) = (getuid(), getgid());
     let image = Arc::new(Image::open(&bundle.file, bundle.trailer.image_offset)?);
     let (plan, tree): (Plan, Option<PathBuf>) = match mode {
-        Mode::Fuse => (
-            plan::build(who, &host_found, &|p| image_found(&image, p))?,
-            None,
-        ),
+        Mode::Fuse | Mode::Kernel => (plan::build(who, &host_found, &|p| image_found(&image, p))?, None),
         Mode::Extract => {
             let tree = cache::cached_tree(bundle, &image)?;
-            (
-                plan::build(who, &host_found, &|p| dir_found(&tree, p))?,
-                Some(tree),
-            )
+            (plan::build(who, &host_found, &|p| dir_found(&tree, p))?, Some(tree))
         }
     };
-    namespaces::enter(uid, gid)?;
+    let mut loop_dev = None;
+    if mode == Mode::Kernel {
+        namespaces::enter_mount_only()?;
+        let t = &bundle.trailer;
+        loop_dev = Some(loopdev::attach(&bundle.file, t.image_offset, t.image_size)?);
+    } else {
+        namespaces::enter(uid, gid)?;
+    }
     rootfs::enter_scratch_root()?;
-    match &tree {
-        None => {
-            let dev = fuse::open_device_in(Path::new(rootfs::OLDROOT))?;
-            fuse::mount_image(
-                dev,
-                image,
-                &plan.mount_points,
-                Path::new(rootfs::NEWROOT),
-                uid,
-                gid,
-            )?
+    match (mode, &tree) {
+        (Mode::Kernel, _) => {
+            let (dev, _configured) = loop_dev.as_ref().expect("kernel mode attached a loop device");
+            let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            mount(Some(&rootfs::on_host(dev)), rootfs::LOWER, Some("squashfs"), flags, None::<&str>)
+                .context(|| format!("cannot mount the image from {} with the kernel's squashfs", dev.display()))?;
+            rootfs::mount_root_from(Path::new(rootfs::LOWER), &plan)?
         }
-        Some(tree) => rootfs::mount_tree(tree, &plan)?,
+        (_, Some(tree)) => rootfs::mount_root_from(&rootfs::on_host(tree), &plan)?,
+        (_, None) => {
+            let dev = fuse::open_device_in(Path::new(rootfs::OLDROOT))?;
+            fuse::mount_image(dev, image, &plan.mount_points, Path::new(rootfs::NEWROOT), uid, gid)?
+        }
     }
     rootfs::apply_binds(&plan.binds)?;
     rootfs::pivot_into_container()?;
-    Ok(true)
+    Ok(mode != Mode::Kernel)
 }
 
 /// What to run: the entrypoint with the caller's arguments, or what `--bundle-exec` /
@@ -106,46 +119,49 @@ fn command_line(bundle: &Bundle, opts: &Options) -> Result<Vec<OsString>> {
         Action::Exec => Vec::new(),
         Action::Shell => vec!["/bin/sh".into()],
         _ if bundle.metadata.entrypoint.is_empty() => {
-            return Err(Error(
-                "this bundle has no entrypoint; run a program of it with --bundle-exec CMD".into(),
-            ))
+            return Err(Error("this bundle has no entrypoint; run a program of it with --bundle-exec CMD".into()))
         }
-        _ => bundle
-            .metadata
-            .entrypoint
-            .iter()
-            .map(OsString::from)
-            .collect(),
+        _ => bundle.metadata.entrypoint.iter().map(OsString::from).collect(),
     };
-    Ok(prefix
-        .into_iter()
-        .chain(opts.args.iter().cloned())
-        .collect())
+    Ok(prefix.into_iter().chain(opts.args.iter().cloned()).collect())
 }
 
-/// `--bundle-mode`, else `BUNDLE_MODE`, else fuse where `/dev/fuse` can be opened.
+/// The bundle's default binds, then `BUNDLE_BIND` (comma-separated), then the flags.
+fn user_binds(bundle: &Bundle, opts: &Options) -> Result<Vec<UserBind>> {
+    let from_env = std::env::var("BUNDLE_BIND").unwrap_or_default();
+    bundle
+        .metadata
+        .binds
+        .iter()
+        .map(String::as_str)
+        .chain(from_env.split(',').map(str::trim).filter(|s| !s.is_empty()))
+        .chain(opts.binds.iter().map(String::as_str))
+        .map(|spec| UserBind::parse(spec).map_err(Error))
+        .collect()
+}
+
+/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else fuse where
+/// `/dev/fuse` can be opened, else extract.
 fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
+    let root = geteuid().is_root();
     let forced = match (flag, std::env::var("BUNDLE_MODE")) {
         (Some(m), _) => Some(m),
-        (None, Ok(v)) if !v.is_empty() => {
-            Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?)
-        }
+        (None, Ok(v)) if !v.is_empty() => Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?),
         _ => None,
     };
     match forced {
+        Some(Mode::Kernel) if !root => {
+            Err(Error("kernel mode needs root (CAP_SYS_ADMIN); use --bundle-mode=fuse or extract".into()))
+        }
+        Some(Mode::Kernel) => Ok(Mode::Kernel),
         Some(Mode::Fuse) => match fuse::open_device_in(Path::new("/")) {
             Ok(_) => Ok(Mode::Fuse),
-            Err(e) => Err(Error(format!(
-                "fuse mode: {}; use --bundle-mode=extract",
-                e.0
-            ))),
+            Err(e) => Err(Error(format!("fuse mode: {}; use --bundle-mode=extract", e.0))),
         },
         Some(Mode::Extract) => Ok(Mode::Extract),
-        None => Ok(if fuse::open_device_in(Path::new("/")).is_ok() {
-            Mode::Fuse
-        } else {
-            Mode::Extract
-        }),
+        None if root && Path::new("/dev/loop-control").exists() => Ok(Mode::Kernel),
+        None if fuse::open_device_in(Path::new("/")).is_ok() => Ok(Mode::Fuse),
+        None => Ok(Mode::Extract),
     }
 }
 
@@ -153,13 +169,12 @@ fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
 fn linger(flag: Option<f64>) -> Result<Duration> {
     let secs = match (flag, std::env::var("BUNDLE_LINGER")) {
         (Some(s), _) => s,
-        (None, Ok(v)) if !v.is_empty() => v
-            .parse::<f64>()
-            .map_err(|_| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))?,
+        (None, Ok(v)) if !v.is_empty() => {
+            v.parse::<f64>().map_err(|_| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))?
+        }
         _ => return Ok(DEFAULT_LINGER),
     };
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| Error(format!("linger {secs} is not a number of seconds")))
+    Duration::try_from_secs_f64(secs).map_err(|_| Error(format!("linger {secs} is not a number of seconds")))
 }
 
 fn host_found(p: &Path) -> Option<(Found, PathBuf)> {

@@ -4,23 +4,105 @@
 //! the application: its pid, its signals, its exit status (128+N when killed by signal
 //! N, as the shell reports it) are the launcher's to see, with nothing in between.
 
-use crate::fail::Error;
+use crate::fail::{Error, Result};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Replaces this process with `argv[0]` (searched in `PATH` when it has no `/`), with
-/// the caller's environment plus the bundle's own variables. Returns only on failure.
-pub fn exec(argv: &[OsString], env: &BTreeMap<String, String>) -> Error {
+/// Variables kept by `--bundle-cleanenv`.
+const CLEAN_KEEP: [&str; 5] = ["HOME", "USER", "LOGNAME", "TERM", "LANG"];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `BUNDLEENV_NAME=value` on the host sets `NAME=value` inside.
+const PREFIX: &str = "BUNDLEENV_";
+
+/// The application's environment: the caller's (or a minimal one with `cleanenv`),
+/// then the bundle's own variables, then the caller's `BUNDLEENV_` overrides.
+pub fn environment(
+    host: impl IntoIterator<Item = (OsString, OsString)>,
+    bundle: &BTreeMap<String, String>,
+    cleanenv: bool,
+) -> BTreeMap<OsString, OsString> {
+    let mut env = BTreeMap::new();
+    let mut overrides = Vec::new();
+    for (k, v) in host {
+        match k.to_str().and_then(|s| s.strip_prefix(PREFIX)) {
+            Some(name) if !name.is_empty() => overrides.push((OsString::from(name), v)),
+            Some(_) => {}
+            None if !cleanenv || CLEAN_KEEP.iter().any(|keep| k == *keep) => {
+                env.insert(k, v);
+            }
+            None => {}
+        }
+    }
+    if cleanenv {
+        env.insert("PATH".into(), DEFAULT_PATH.into());
+    }
+    env.extend(bundle.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    env.extend(overrides);
+    env
+}
+
+/// As root, the application gets no capabilities and cannot regain any (setuid files
+/// are ignored): the bounding set goes first, so that nothing can come back on exec.
+pub fn drop_privileges() -> Result<()> {
+    use caps::{CapSet, CapsHashSet};
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap)
+            .map_err(|e| Error(format!("cannot drop {cap} from the bounding set: {e}")))?;
+    }
+    for set in [CapSet::Ambient, CapSet::Inheritable] {
+        caps::set(None, set, &CapsHashSet::new()).map_err(|e| Error(format!("cannot clear capabilities: {e}")))?;
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| Error(format!("cannot set no_new_privs: {e}")))?;
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &CapsHashSet::new()).map_err(|e| Error(format!("cannot clear capabilities: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Replaces this process with `argv[0]` (searched in `PATH` when it has no `/`).
+/// Returns only on failure.
+pub fn exec(argv: &[OsString], env: &BTreeMap<OsString, OsString>) -> Error {
     let Some(program) = argv.first() else {
         return Error("nothing to run".into());
     };
-    let err = Command::new(program).args(&argv[1..]).envs(env).exec();
+    let err = Command::new(program).args(&argv[1..]).env_clear().envs(env).exec();
     let hint = match err.kind() {
         std::io::ErrorKind::NotFound => "not found in the bundle",
         std::io::ErrorKind::PermissionDenied => "not executable",
         _ => "cannot execute",
     };
     Error(format!("{}: {hint} ({err})", program.to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Vec<(OsString, OsString)> {
+        [("HOME", "/home/a"), ("PATH", "/host/bin"), ("SECRET", "x"), ("BUNDLEENV_OMP_NUM_THREADS", "4"), ("A", "host")]
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect()
+    }
+
+    #[test]
+    fn host_then_bundle_then_overrides() {
+        let bundle = BTreeMap::from([("A".to_string(), "bundle".to_string()), ("OMP_NUM_THREADS".into(), "1".into())]);
+        let env = environment(host(), &bundle, false);
+        assert_eq!(env["A"], "bundle");
+        assert_eq!(env["OMP_NUM_THREADS"], "4");
+        assert_eq!(env["SECRET"], "x");
+        assert!(!env.contains_key(&OsString::from("BUNDLEENV_OMP_NUM_THREADS")));
+    }
+
+    #[test]
+    fn cleanenv_keeps_only_the_basics() {
+        let env = environment(host(), &BTreeMap::new(), true);
+        assert_eq!(env["HOME"], "/home/a");
+        assert_eq!(env["PATH"], DEFAULT_PATH);
+        assert!(!env.contains_key(&OsString::from("SECRET")));
+        assert_eq!(env["OMP_NUM_THREADS"], "4");
+    }
 }

@@ -12,17 +12,15 @@ use crate::plan::Kind;
 use backhand::InnerNode;
 use bundle_format::{Image, NodeId};
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, ReplyStatfs, Request, Session, SessionACL,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, Request, Session,
+    SessionACL,
 };
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
-use nix::unistd::{
-    chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkResult, Gid, Pid, Uid,
-};
+use nix::unistd::{chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkResult, Gid, Pid, Uid};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -37,12 +35,8 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// kernel accepts the device for a mount only if it was opened in the mount's user
 /// namespace, so this is called once to choose the mode and again inside.
 pub fn open_device_in(host_root: &Path) -> Result<OwnedFd> {
-    open(
-        &host_root.join("dev/fuse"),
-        OFlag::O_RDWR | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context(|| "cannot open /dev/fuse".to_string())
+    open(&host_root.join("dev/fuse"), OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+        .context(|| "cannot open /dev/fuse".to_string())
 }
 
 /// Mounts the image at `at` and starts the server. `mount_points` are paths the image
@@ -56,10 +50,7 @@ pub fn mount_image(
     gid: Gid,
 ) -> Result<()> {
     let fs = ImageFs::new(image, mount_points, uid, gid)?;
-    let opts = format!(
-        "fd={},rootmode=40000,user_id={uid},group_id={gid}",
-        dev.as_raw_fd()
-    );
+    let opts = format!("fd={},rootmode=40000,user_id={uid},group_id={gid}", dev.as_raw_fd());
     mount(
         Some("bundle"),
         at,
@@ -147,36 +138,19 @@ struct ImageFs {
 }
 
 impl ImageFs {
-    fn new(
-        image: Arc<Image>,
-        mount_points: &[(PathBuf, Kind)],
-        uid: Uid,
-        gid: Gid,
-    ) -> Result<ImageFs> {
-        let mut fs = ImageFs {
-            image,
-            uid: uid.as_raw(),
-            gid: gid.as_raw(),
-            extra: Vec::new(),
-            extra_children: HashMap::new(),
-        };
+    fn new(image: Arc<Image>, mount_points: &[(PathBuf, Kind)], uid: Uid, gid: Gid) -> Result<ImageFs> {
+        let mut fs =
+            ImageFs { image, uid: uid.as_raw(), gid: gid.as_raw(), extra: Vec::new(), extra_children: HashMap::new() };
         let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
         for (path, kind) in mount_points {
-            let parent = path
-                .parent()
-                .ok_or_else(|| Error("a mount point cannot be /".into()))?;
+            let parent = path.parent().ok_or_else(|| Error("a mount point cannot be /".into()))?;
             let parent_ino = match by_path.get(parent) {
                 Some(&ino) => ino,
                 None => fs
                     .image
                     .lookup(parent)
                     .map(|id| id as u64 + 1)
-                    .ok_or_else(|| {
-                        Error(format!(
-                            "mount point {} has no parent in the image",
-                            path.display()
-                        ))
-                    })?,
+                    .ok_or_else(|| Error(format!("mount point {} has no parent in the image", path.display())))?,
             };
             let ino = fs.image.nodes.len() as u64 + 1 + fs.extra.len() as u64;
             let name = path.file_name().unwrap_or_default().to_owned();
@@ -211,33 +185,12 @@ impl ImageFs {
                 InnerNode::Socket => (FileType::Socket, 0),
             };
             let h = &n.header;
-            (
-                kind,
-                h.permissions & 0o7777,
-                size,
-                h.uid,
-                h.gid,
-                UNIX_EPOCH + Duration::from_secs(h.mtime as u64),
-            )
+            (kind, h.permissions & 0o7777, size, h.uid, h.gid, UNIX_EPOCH + Duration::from_secs(h.mtime as u64))
         } else {
             let (_, _, k) = self.extra(ino)?;
             match k {
-                Kind::Dir => (
-                    FileType::Directory,
-                    0o755,
-                    4096,
-                    self.uid,
-                    self.gid,
-                    root_time,
-                ),
-                Kind::File => (
-                    FileType::RegularFile,
-                    0o644,
-                    0,
-                    self.uid,
-                    self.gid,
-                    root_time,
-                ),
+                Kind::Dir => (FileType::Directory, 0o755, 4096, self.uid, self.gid, root_time),
+                Kind::File => (FileType::RegularFile, 0o644, 0, self.uid, self.gid, root_time),
             }
         };
         Some(FileAttr {
@@ -263,19 +216,13 @@ impl ImageFs {
         let mut out = Vec::new();
         if let Some(id) = self.node(ino) {
             for &c in &self.image.children[id] {
-                let kind = self
-                    .attr(INodeNo(c as u64 + 1))
-                    .map_or(FileType::RegularFile, |a| a.kind);
+                let kind = self.attr(INodeNo(c as u64 + 1)).map_or(FileType::RegularFile, |a| a.kind);
                 out.push((c as u64 + 1, kind, self.image.name(c).to_owned()));
             }
         }
         for &c in self.extra_children.get(&ino.0).into_iter().flatten() {
             if let Some((_, name, k)) = self.extra(INodeNo(c)) {
-                let kind = if *k == Kind::Dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
+                let kind = if *k == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
                 out.push((c, kind, name.clone()));
             }
         }
@@ -285,10 +232,7 @@ impl ImageFs {
     fn parent_of(&self, ino: INodeNo) -> u64 {
         if let Some(id) = self.node(ino) {
             let path = &self.image.nodes[id].fullpath;
-            return path
-                .parent()
-                .and_then(|p| self.image.lookup(p))
-                .map_or(1, |p| p as u64 + 1);
+            return path.parent().and_then(|p| self.image.lookup(p)).map_or(1, |p| p as u64 + 1);
         }
         self.extra(ino).map_or(1, |e| e.0)
     }
@@ -301,15 +245,10 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = self
-            .node(parent)
-            .and_then(|dir| self.image.child(dir, name))
-            .map(|id| id as u64 + 1)
-            .or_else(|| {
+        let found =
+            self.node(parent).and_then(|dir| self.image.child(dir, name)).map(|id| id as u64 + 1).or_else(|| {
                 let kids = self.extra_children.get(&parent.0)?;
-                kids.iter()
-                    .copied()
-                    .find(|&c| self.extra(INodeNo(c)).is_some_and(|e| e.1 == name))
+                kids.iter().copied().find(|&c| self.extra(INodeNo(c)).is_some_and(|e| e.1 == name))
             });
         match found.and_then(|ino| self.attr(INodeNo(ino))) {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -360,27 +299,13 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(
-            FileHandle(0),
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-        )
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let mut entries = vec![
             (ino.0, FileType::Directory, OsString::from(".")),
-            (
-                self.parent_of(ino),
-                FileType::Directory,
-                OsString::from(".."),
-            ),
+            (self.parent_of(ino), FileType::Directory, OsString::from("..")),
         ];
         entries.extend(self.children(ino));
         for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
@@ -393,15 +318,6 @@ impl Filesystem for ImageFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let files = (self.image.nodes.len() + self.extra.len()) as u64;
-        reply.statfs(
-            0,
-            0,
-            0,
-            files,
-            0,
-            self.image.block_size,
-            255,
-            self.image.block_size,
-        )
+        reply.statfs(0, 0, 0, files, 0, self.image.block_size, 255, self.image.block_size)
     }
 }

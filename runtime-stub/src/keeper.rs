@@ -28,13 +28,9 @@ use std::time::{Duration, Instant};
 /// Starts a keeper that runs `build` (which must leave the calling process inside the
 /// finished container) and then serves joins on the rendezvous socket. Returns once
 /// the keeper is ready, or with the error that stopped it.
-pub fn start(
-    rv: &Rendezvous,
-    linger: Duration,
-    build: impl FnOnce() -> Result<bool>,
-) -> Result<()> {
-    let listener = UnixListener::bind(&rv.socket)
-        .map_err(|e| Error(format!("cannot listen on {}: {e}", rv.socket.display())))?;
+pub fn start(rv: &Rendezvous, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
+    let listener =
+        UnixListener::bind(&rv.socket).map_err(|e| Error(format!("cannot listen on {}: {e}", rv.socket.display())))?;
     // Opened now: once inside the container, the rendezvous directory may not be visible.
     let exit = Exit {
         lock: File::open(&rv.lock)?,
@@ -66,9 +62,7 @@ pub fn start(
             let report = report.trim_end();
             match report.strip_prefix('R') {
                 Some(_) => Ok(()),
-                None if report.is_empty() => {
-                    Err(Error("the container keeper died while starting".into()))
-                }
+                None if report.is_empty() => Err(Error("the container keeper died while starting".into())),
                 None => Err(Error(report.trim_start_matches('E').to_string())),
             }
         }
@@ -166,15 +160,13 @@ struct Exit {
 
 fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) {
     let _ = listener.set_nonblocking(true);
-    let me = Uid::current();
+    let me = Uid::effective();
     let mut members: Vec<Member> = Vec::new();
     let mut idle_since = Instant::now();
     loop {
         let timeout = if members.is_empty() {
             // Not below a few milliseconds: leaving may have to wait for a starting rank.
-            linger
-                .saturating_sub(idle_since.elapsed())
-                .max(Duration::from_millis(5))
+            linger.saturating_sub(idle_since.elapsed()).max(Duration::from_millis(5))
         } else if members.iter().any(|m| m.pidfd.is_none()) {
             Duration::from_millis(200)
         } else {
@@ -201,17 +193,9 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) 
 
 fn wait_for_event(listener: &UnixListener, members: &[Member], timeout: Duration) {
     let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    fds.extend(
-        members
-            .iter()
-            .filter_map(|m| m.pidfd.as_ref())
-            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
-    );
+    fds.extend(members.iter().filter_map(|m| m.pidfd.as_ref()).map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    let _ = poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    );
+    let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
 }
 
 /// Registers the peer (same user only) and hands it the namespaces.
@@ -227,14 +211,7 @@ fn admit(stream: &UnixStream, me: Uid, ns: &[OwnedFd]) -> Option<Pid> {
     let pid = Pid::from_raw(cred.pid());
     let raw: Vec<i32> = ns.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
-    sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[IoSlice::new(&[JOINED])],
-        &cmsg,
-        MsgFlags::empty(),
-        None,
-    )
-    .ok()?;
+    sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&[JOINED])], &cmsg, MsgFlags::empty(), None).ok()?;
     Some(pid)
 }
 
@@ -248,16 +225,8 @@ fn leave(listener: &UnixListener, exit: &Exit) -> bool {
     let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
         return false;
     };
-    let _ = unlinkat(
-        &exit.dir,
-        exit.socket_name.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    );
-    let _ = unlinkat(
-        &exit.dir,
-        exit.lock_name.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    );
+    let _ = unlinkat(&exit.dir, exit.socket_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    let _ = unlinkat(&exit.dir, exit.lock_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
     while let Ok((stream, _)) = listener.accept() {
         drop(stream);
     }

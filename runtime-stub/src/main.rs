@@ -8,6 +8,7 @@ mod exec;
 mod fail;
 mod fuse;
 mod keeper;
+mod loopdev;
 mod namespaces;
 mod options;
 mod plan;
@@ -43,9 +44,7 @@ fn run(opts: &Options) -> Result<()> {
             let image = bundle_format::Image::open(&bundle.file, bundle.trailer.image_offset)?;
             bundle_format::extract::to_dir(&image, dir)?;
         }
-        Action::Run | Action::Exec | Action::Shell | Action::Help => {
-            match container::run(&bundle, opts)? {}
-        }
+        Action::Run | Action::Exec | Action::Shell | Action::Help => match container::run(&bundle, opts)? {},
     }
     Ok(())
 }
@@ -53,6 +52,5 @@ fn run(opts: &Options) -> Result<()> {
 /// Our own file, through `/proc/self/exe` (a path the caller used may be relative, or
 /// renamed under us).
 fn open_self() -> Result<Bundle> {
-    Bundle::open(Path::new("/proc/self/exe"))
-        .map_err(|e| Error(format!("this bundle cannot be read: {e}")))
+    Bundle::open(Path::new("/proc/self/exe")).map_err(|e| Error(format!("this bundle cannot be read: {e}")))
 }

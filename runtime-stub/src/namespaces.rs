@@ -19,20 +19,22 @@ pub fn enter(uid: Uid, gid: Gid) -> Result<()> {
     }
     // An unprivileged process may map only its own ids, and only after giving up
     // setgroups(2) (which could otherwise drop a group that denies access).
-    fs::write("/proc/self/setgroups", "deny")
-        .map_err(|e| Error(format!("cannot write /proc/self/setgroups: {e}")))?;
+    fs::write("/proc/self/setgroups", "deny").map_err(|e| Error(format!("cannot write /proc/self/setgroups: {e}")))?;
     fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))
         .map_err(|e| Error(format!("cannot write /proc/self/uid_map: {e}")))?;
     fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
         .map_err(|e| Error(format!("cannot write /proc/self/gid_map: {e}")))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| Error(format!("cannot make the mount namespace private: {e}")))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| Error(format!("cannot make the mount namespace private: {e}")))?;
+    Ok(())
+}
+
+/// Kernel mode, as root: a mount namespace is all we need (and a user namespace would
+/// only take away the right to mount a block device).
+pub fn enter_mount_only() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("cannot create a mount namespace: {e}")))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| Error(format!("cannot make the mount namespace private: {e}")))?;
     Ok(())
 }
 

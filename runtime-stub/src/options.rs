@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Root only: a loop device and the kernel's squashfs.
+    Kernel,
     Fuse,
     Extract,
 }
@@ -14,6 +16,7 @@ pub enum Mode {
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Kernel => "kernel",
             Mode::Fuse => "fuse",
             Mode::Extract => "extract",
         }
@@ -21,11 +24,10 @@ impl Mode {
 
     pub fn parse(s: &str) -> Result<Mode> {
         match s {
+            "kernel" => Ok(Mode::Kernel),
             "fuse" => Ok(Mode::Fuse),
             "extract" => Ok(Mode::Extract),
-            other => Err(Error(format!(
-                "unknown mode `{other}` (expected fuse or extract)"
-            ))),
+            other => Err(Error(format!("unknown mode `{other}` (expected kernel, fuse or extract)"))),
         }
     }
 }
@@ -55,6 +57,12 @@ pub struct Options {
     pub share: Option<String>,
     /// `--bundle-linger=SECS`: how long the container outlives its last user.
     pub linger: Option<f64>,
+    /// `--bundle-bind SRC[:DST[:ro]]`, in order.
+    pub binds: Vec<String>,
+    /// `--bundle-cleanenv`: do not pass the caller's environment.
+    pub cleanenv: bool,
+    /// `--bundle-keep-caps`: as root, keep the capabilities in the container.
+    pub keep_caps: bool,
 }
 
 pub const HELP: &str = "\
@@ -68,7 +76,11 @@ Options of the bundle itself (they must come first):
   --bundle-offset           print the byte offset of the squashfs image
                             (e.g. unsquashfs -o $(./app.sif --bundle-offset) app.sif)
   --bundle-extract DIR      unpack the image into DIR (must not exist or be empty)
-  --bundle-mode=MODE        fuse or extract (default: fuse when /dev/fuse is usable)
+  --bundle-mode=MODE        kernel (root only), fuse or extract (default: kernel
+                            as root, else fuse when /dev/fuse is usable, else extract)
+  --bundle-bind SRC[:DST[:ro]]  also bind host path SRC at DST (repeatable)
+  --bundle-cleanenv         start the application with a minimal environment
+  --bundle-keep-caps        as root, do not drop capabilities
   --bundle-exec CMD ARGS... run CMD from the image instead of the entrypoint
   --bundle-shell [ARGS...]  run /bin/sh from the image
   --bundle-share=off|KEY    do not share the container with the job's other
@@ -77,7 +89,8 @@ Options of the bundle itself (they must come first):
                             (default 3; 0 to leave at once)
   --                        end of bundle options
 
-Environment: BUNDLE_MODE=fuse|extract, BUNDLE_SHARE=off|KEY, BUNDLE_LINGER=SECS,
+Environment: BUNDLE_MODE=kernel|fuse|extract, BUNDLE_BIND=SRC[:DST[:ro]],...,
+BUNDLEENV_NAME=VALUE (sets NAME inside), BUNDLE_SHARE=off|KEY, BUNDLE_LINGER=SECS,
 BUNDLE_CACHE_DIR (extract mode cache, default $XDG_CACHE_HOME/bundle or
 ~/.cache/bundle). Errors of the bundle itself exit with status 255.
 ";
@@ -90,12 +103,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
         args: Vec::new(),
         share: None,
         linger: None,
+        binds: Vec::new(),
+        cleanenv: false,
+        keep_caps: false,
     };
     while let Some(arg) = it.peek() {
-        let Some(s) = arg
-            .to_str()
-            .filter(|s| s.starts_with("--bundle-") || *s == "--")
-        else {
+        let Some(s) = arg.to_str().filter(|s| s.starts_with("--bundle-") || *s == "--") else {
             break;
         };
         let s = s.to_string();
@@ -110,9 +123,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
         let mut value = |what: &str| -> Result<OsString> {
             match &inline {
                 Some(v) => Ok(OsString::from(v)),
-                None => it
-                    .next()
-                    .ok_or_else(|| Error(format!("{name} needs {what}"))),
+                None => it.next().ok_or_else(|| Error(format!("{name} needs {what}"))),
             }
         };
         match name.as_str() {
@@ -125,18 +136,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
                 let v = value("fuse or extract")?;
                 opts.mode = Some(Mode::parse(&v.to_string_lossy())?);
             }
-            "--bundle-share" => {
-                opts.share = Some(value("off or a key")?.to_string_lossy().into_owned())
-            }
+            "--bundle-bind" => opts.binds.push(value("SRC[:DST[:ro]]")?.to_string_lossy().into_owned()),
+            "--bundle-cleanenv" => opts.cleanenv = true,
+            "--bundle-keep-caps" => opts.keep_caps = true,
+            "--bundle-share" => opts.share = Some(value("off or a key")?.to_string_lossy().into_owned()),
             "--bundle-linger" => {
                 let v = value("a number of seconds")?;
-                let secs = v
-                    .to_str()
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .filter(|s| *s >= 0.0);
-                opts.linger = Some(secs.ok_or_else(|| {
-                    Error(format!("--bundle-linger {v:?} is not a number of seconds"))
-                })?);
+                let secs = v.to_str().and_then(|s| s.parse::<f64>().ok()).filter(|s| *s >= 0.0);
+                opts.linger =
+                    Some(secs.ok_or_else(|| Error(format!("--bundle-linger {v:?} is not a number of seconds")))?);
             }
             "--bundle-exec" => {
                 opts.action = Action::Exec;
@@ -148,11 +156,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
                 opts.action = Action::Shell;
                 break;
             }
-            _ => {
-                return Err(Error(format!(
-                    "unknown option {name}; run with --bundle-help for the list"
-                )))
-            }
+            _ => return Err(Error(format!("unknown option {name}; run with --bundle-help for the list"))),
         }
     }
     opts.args.extend(it);
@@ -179,21 +183,10 @@ mod tests {
         let o = p(&["--bundle-mode=extract", "--", "--bundle-help"]).unwrap();
         assert_eq!(o.mode, Some(Mode::Extract));
         assert_eq!(o.args, ["--bundle-help"]);
-        let o = p(&[
-            "--bundle-mode",
-            "fuse",
-            "--bundle-exec",
-            "ls",
-            "-l",
-            "--bundle-x",
-        ])
-        .unwrap();
+        let o = p(&["--bundle-mode", "fuse", "--bundle-exec", "ls", "-l", "--bundle-x"]).unwrap();
         assert_eq!((o.action, o.mode), (Action::Exec, Some(Mode::Fuse)));
         assert_eq!(o.args, ["ls", "-l", "--bundle-x"]);
-        assert_eq!(
-            p(&["--bundle-extract", "d"]).unwrap().action,
-            Action::Extract("d".into())
-        );
+        assert_eq!(p(&["--bundle-extract", "d"]).unwrap().action, Action::Extract("d".into()));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //!
 //! The container's root is the image. Onto it go, in this order: the kernel's views
 //! (`/proc`, `/sys`, `/dev` with `/dev/shm`), the host's `/tmp`, the identity files in
-//! `/etc`, the caller's `$HOME` and working directory. Every bind is an identity bind
-//! (same path inside as outside), so one that lies under another is already visible
-//! and is left out.
+//! `/etc`, the caller's `$HOME` and working directory, the directories where the
+//! launcher's PMIx server waits for its ranks, and last the user's own binds. The
+//! automatic binds are identity binds (same path inside as outside), so one that lies
+//! under another is already visible and is left out.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -43,27 +44,67 @@ pub struct Plan {
 }
 
 /// The caller's situation, as far as the plan depends on it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Host {
     pub cwd: PathBuf,
     pub home: Option<PathBuf>,
+    /// Directories the launcher points its ranks at (PMIx rendezvous, job tmpdir).
+    pub rendezvous: Vec<PathBuf>,
+    /// `--bundle-bind` and `BUNDLE_BIND`, in order.
+    pub binds: Vec<UserBind>,
+}
+
+/// A bind the user asked for: `SRC[:DST[:ro]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserBind {
+    pub src: PathBuf,
+    pub dst: PathBuf,
+    pub readonly: bool,
+}
+
+impl UserBind {
+    pub fn parse(spec: &str) -> Result<UserBind, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dst, opt) = match parts[..] {
+            [s] => (s, s, None),
+            [s, d] => (s, d, None),
+            [s, d, o] => (s, d, Some(o)),
+            _ => return Err(format!("bind `{spec}`: expected SRC[:DST[:ro]]")),
+        };
+        let readonly = match opt {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(o) => return Err(format!("bind `{spec}`: unknown option `{o}` (ro or rw)")),
+        };
+        let dst = if dst.is_empty() { src } else { dst };
+        if !src.starts_with('/') || !dst.starts_with('/') {
+            return Err(format!("bind `{spec}`: paths must be absolute"));
+        }
+        if Path::new(dst).components().any(|c| c == Component::ParentDir) {
+            return Err(format!("bind `{spec}`: the destination must not contain `..`"));
+        }
+        Ok(UserBind { src: src.into(), dst: dst.into(), readonly })
+    }
 }
 
 /// Kernel interfaces and shared scratch space: the container is useless without them.
 const SYSTEM_DIRS: [&str; 4] = ["/proc", "/sys", "/dev", "/tmp"];
 /// Who the user is and how to reach the network: bound when the host has them.
-const IDENTITY_FILES: [&str; 5] = [
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/localtime",
-];
+const IDENTITY_FILES: [&str; 5] = ["/etc/passwd", "/etc/group", "/etc/hosts", "/etc/resolv.conf", "/etc/localtime"];
 
 struct Wanted {
-    path: PathBuf,
-    /// A missing or unsuitable place in the image is skipped rather than an error.
+    src: PathBuf,
+    dst: PathBuf,
+    /// A missing or unsuitable place, on the host or in the image, is skipped rather
+    /// than an error.
     optional: bool,
+    readonly: bool,
+}
+
+impl Wanted {
+    fn identity(path: &Path, optional: bool) -> Wanted {
+        Wanted { src: path.to_path_buf(), dst: path.to_path_buf(), optional, readonly: false }
+    }
 }
 
 /// Builds the plan. `host` tells what a host path is and where its symlinks lead (as a
@@ -73,46 +114,51 @@ pub fn build(
     host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>,
     image: &dyn Fn(&Path) -> Option<Found>,
 ) -> Result<Plan, String> {
-    let mut wanted: Vec<Wanted> = SYSTEM_DIRS
-        .iter()
-        .chain(IDENTITY_FILES.iter())
-        .map(|p| Wanted {
-            path: PathBuf::from(p),
-            optional: true,
-        })
-        .collect();
-    wanted.extend(who.home.iter().map(|h| Wanted {
-        path: h.clone(),
-        optional: true,
-    }));
-    wanted.push(Wanted {
-        path: who.cwd.clone(),
+    let mut wanted: Vec<Wanted> =
+        SYSTEM_DIRS.iter().chain(IDENTITY_FILES.iter()).map(|p| Wanted::identity(Path::new(p), true)).collect();
+    wanted.extend(who.home.iter().map(|h| Wanted::identity(h, true)));
+    wanted.push(Wanted::identity(&who.cwd, false));
+    wanted.extend(who.rendezvous.iter().map(|d| Wanted::identity(d, true)));
+    wanted.extend(who.binds.iter().map(|b| Wanted {
+        src: b.src.clone(),
+        dst: b.dst.clone(),
         optional: false,
-    });
+        readonly: b.readonly,
+    }));
 
     let mut plan = Plan::default();
     for w in wanted {
-        let path = normalise(&w.path)?;
-        if path == Path::new("/") || plan.binds.iter().any(|b| path.starts_with(&b.dst)) {
-            continue;
+        let dst = normalise(&w.dst)?;
+        let identity = normalise(&w.src)? == dst;
+        if let Some(outer) = plan.binds.iter().find(|b| dst.starts_with(&b.dst)) {
+            if identity && !w.readonly {
+                continue; // already visible through `outer`
+            }
+            return Err(format!(
+                "cannot bind {} at {}: it lies inside {}, which is bound from the host; choose another destination",
+                w.src.display(),
+                dst.display(),
+                outer.dst.display()
+            ));
         }
-        let (kind, src) = match host(&path) {
+        if dst == Path::new("/") {
+            if w.optional || identity {
+                continue;
+            }
+            return Err(format!("cannot bind {} over the container's root", w.src.display()));
+        }
+        let (kind, src) = match host(&w.src) {
             Some((Found::Dir, real)) => (Kind::Dir, real),
             Some((Found::File, real)) => (Kind::File, real),
             _ if w.optional => continue,
-            _ => return Err(format!("{} does not exist on the host", path.display())),
+            _ => return Err(format!("cannot bind {}: it does not exist on the host", w.src.display())),
         };
-        match place_in_image(&path, kind, image) {
+        match place_in_image(&dst, kind, image) {
             Ok(missing) => plan.mount_points.extend(missing),
-            Err(_) if w.optional && !SYSTEM_DIRS.contains(&path.to_str().unwrap_or("")) => continue,
+            Err(_) if w.optional && !SYSTEM_DIRS.contains(&dst.to_str().unwrap_or("")) => continue,
             Err(why) => return Err(why),
         }
-        plan.binds.push(Bind {
-            src,
-            dst: path,
-            kind,
-            readonly: false,
-        });
+        plan.binds.push(Bind { src, dst, kind, readonly: w.readonly });
     }
     Ok(plan)
 }
@@ -140,22 +186,14 @@ fn place_in_image(
             (None, _) => missing.push((cur.clone(), want)),
             (Some(Found::Dir), Kind::Dir) | (Some(Found::File), Kind::File) => {}
             (Some(Found::Symlink), _) => {
-                return Err(format!(
-                    "cannot bind {}: {} is a symbolic link in the image",
-                    dst.display(),
-                    cur.display()
-                ))
+                return Err(format!("cannot bind {}: {} is a symbolic link in the image", dst.display(), cur.display()))
             }
             (Some(_), _) => {
                 return Err(format!(
                     "cannot bind {}: {} in the image is not a {}",
                     dst.display(),
                     cur.display(),
-                    if want == Kind::Dir {
-                        "directory"
-                    } else {
-                        "file"
-                    }
+                    if want == Kind::Dir { "directory" } else { "file" }
                 ))
             }
         }
@@ -186,12 +224,7 @@ mod tests {
     use super::*;
 
     fn fs(entries: &'static [(&'static str, Found)]) -> impl Fn(&Path) -> Option<Found> {
-        move |p: &Path| {
-            entries
-                .iter()
-                .find(|(q, _)| Path::new(q) == p)
-                .map(|(_, f)| *f)
-        }
+        move |p: &Path| entries.iter().find(|(q, _)| Path::new(q) == p).map(|(_, f)| *f)
     }
 
     /// The host as the plan sees it: `/etc/localtime` is a link to the zone file.
@@ -231,18 +264,12 @@ mod tests {
     ];
 
     fn dsts(p: &Plan) -> Vec<String> {
-        p.binds
-            .iter()
-            .map(|b| b.dst.display().to_string())
-            .collect()
+        p.binds.iter().map(|b| b.dst.display().to_string()).collect()
     }
 
     #[test]
     fn standard_binds_in_order_and_nested_ones_left_out() {
-        let who = Host {
-            cwd: "/home/alice/run".into(),
-            home: Some("/home/alice".into()),
-        };
+        let who = Host { cwd: "/home/alice/run".into(), home: Some("/home/alice".into()), ..Host::default() };
         let plan = build(&who, &host, &fs(IMAGE)).unwrap();
         // resolv.conf is a symlink in the image: skipped, not followed.
         assert_eq!(
@@ -259,41 +286,25 @@ mod tests {
                 "/home/alice"
             ]
         );
-        let localtime = plan
-            .binds
-            .iter()
-            .find(|b| b.dst == Path::new("/etc/localtime"))
-            .unwrap();
+        let localtime = plan.binds.iter().find(|b| b.dst == Path::new("/etc/localtime")).unwrap();
         assert_eq!(localtime.src, Path::new("/usr/share/zoneinfo/UTC"));
-        assert_eq!(
-            plan.mount_points,
-            [(PathBuf::from("/home/alice"), Kind::Dir)]
-        );
+        assert_eq!(plan.mount_points, [(PathBuf::from("/home/alice"), Kind::Dir)]);
     }
 
     #[test]
     fn missing_parents_become_mount_points_in_order() {
-        let who = Host {
-            cwd: "/scratch/job/../job".into(),
-            home: None,
-        };
+        let who = Host { cwd: "/scratch/job/../job".into(), home: None, ..Host::default() };
         let plan = build(&who, &host, &fs(IMAGE)).unwrap();
         assert_eq!(dsts(&plan).last().unwrap(), "/scratch/job");
         assert_eq!(
             plan.mount_points,
-            [
-                (PathBuf::from("/scratch"), Kind::Dir),
-                (PathBuf::from("/scratch/job"), Kind::Dir)
-            ]
+            [(PathBuf::from("/scratch"), Kind::Dir), (PathBuf::from("/scratch/job"), Kind::Dir)]
         );
     }
 
     #[test]
     fn working_directory_through_an_image_symlink_is_refused() {
-        let who = Host {
-            cwd: "/bin/x".into(),
-            home: None,
-        };
+        let who = Host { cwd: "/bin/x".into(), home: None, ..Host::default() };
         let host = |p: &Path| {
             if p == Path::new("/bin/x") {
                 Some((Found::Dir, p.to_path_buf()))
@@ -307,12 +318,56 @@ mod tests {
 
     #[test]
     fn root_as_working_directory_binds_nothing_extra() {
-        let who = Host {
-            cwd: "/".into(),
-            home: Some("/".into()),
-        };
+        let who = Host { cwd: "/".into(), home: Some("/".into()), ..Host::default() };
         let plan = build(&who, &host, &fs(IMAGE)).unwrap();
         assert!(!dsts(&plan).contains(&"/".to_string()));
         assert!(plan.mount_points.is_empty());
+    }
+
+    #[test]
+    fn user_binds_parse_and_land_last() {
+        assert_eq!(
+            UserBind::parse("/data:/in:ro").unwrap(),
+            UserBind { src: "/data".into(), dst: "/in".into(), readonly: true }
+        );
+        assert_eq!(UserBind::parse("/data").unwrap().dst, Path::new("/data"));
+        assert!(UserBind::parse("data").is_err());
+        assert!(UserBind::parse("/a:/b/../c").is_err());
+        assert!(UserBind::parse("/a:/b:rx").is_err());
+        let who = Host {
+            cwd: "/".into(),
+            binds: vec![UserBind::parse("/scratch/job:/opt/in:ro").unwrap()],
+            ..Host::default()
+        };
+        let plan = build(&who, &host, &fs(IMAGE)).unwrap();
+        let last = plan.binds.last().unwrap();
+        assert_eq!(
+            (last.src.as_path(), last.dst.as_path(), last.readonly),
+            (Path::new("/scratch/job"), Path::new("/opt/in"), true)
+        );
+        assert_eq!(plan.mount_points, [(PathBuf::from("/opt"), Kind::Dir), (PathBuf::from("/opt/in"), Kind::Dir)]);
+    }
+
+    #[test]
+    fn a_missing_bind_source_or_one_inside_another_bind_is_an_error() {
+        let who = Host { cwd: "/".into(), binds: vec![UserBind::parse("/nope:/x").unwrap()], ..Host::default() };
+        let err = build(&who, &host, &fs(IMAGE)).unwrap_err();
+        assert!(err.contains("/nope: it does not exist on the host"), "{err}");
+        let who =
+            Host { cwd: "/".into(), binds: vec![UserBind::parse("/scratch/job:/tmp/x").unwrap()], ..Host::default() };
+        let err = build(&who, &host, &fs(IMAGE)).unwrap_err();
+        assert!(err.contains("inside /tmp"), "{err}");
+    }
+
+    #[test]
+    fn rendezvous_dirs_are_bound_when_present_and_not_covered() {
+        let who = Host {
+            cwd: "/".into(),
+            rendezvous: vec!["/scratch/job".into(), "/tmp/pmix".into(), "/gone".into()],
+            ..Host::default()
+        };
+        let plan = build(&who, &host, &fs(IMAGE)).unwrap();
+        assert_eq!(dsts(&plan).last().unwrap(), "/scratch/job");
+        assert!(!dsts(&plan).contains(&"/gone".to_string()));
     }
 }

@@ -25,20 +25,13 @@ const SCRATCH: &str = "/tmp";
 
 /// Step 1: a tmpfs root of our own with the host at [`OLDROOT`].
 pub fn enter_scratch_root() -> Result<()> {
-    mount(
-        Some("tmpfs"),
-        SCRATCH,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .context(|| format!("cannot mount a tmpfs on {SCRATCH}"))?;
+    mount(Some("tmpfs"), SCRATCH, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))
+        .context(|| format!("cannot mount a tmpfs on {SCRATCH}"))?;
     chdir(SCRATCH).context(|| format!("cannot enter {SCRATCH}"))?;
-    for d in ["newroot", "oldroot", "upper", "work"] {
+    for d in ["newroot", "oldroot", "lower", "upper", "work"] {
         fs::create_dir(d).context(|| format!("cannot create {d} in the scratch tmpfs"))?;
     }
-    pivot_root(".", "oldroot")
-        .context(|| "cannot pivot_root into the scratch tmpfs".to_string())?;
+    pivot_root(".", "oldroot").context(|| "cannot pivot_root into the scratch tmpfs".to_string())?;
     chdir("/").context(|| "cannot enter the scratch root".to_string())?;
     Ok(())
 }
@@ -53,23 +46,20 @@ pub fn in_container(p: &Path) -> PathBuf {
     Path::new(NEWROOT).join(p.strip_prefix("/").unwrap_or(p))
 }
 
-/// Step 2 for an extracted tree: a read-only bind of it, or, when the plan needs mount
-/// points the image lacks, an overlay whose upper layer is our tmpfs.
-pub fn mount_tree(tree: &Path, plan: &Plan) -> Result<()> {
-    let lower = on_host(tree);
+/// Where kernel mode mounts the image before it becomes the root.
+pub const LOWER: &str = "/lower";
+
+/// Step 2 for an extracted tree (a host path) or a kernel mount (at [`LOWER`]): a
+/// read-only bind of it, or, when the plan needs mount points the image lacks, an
+/// overlay whose upper layer is our tmpfs.
+pub fn mount_root_from(lower: &Path, plan: &Plan) -> Result<()> {
     if plan.mount_points.is_empty() {
-        bind(&lower, Path::new(NEWROOT), true)?;
+        bind(lower, Path::new(NEWROOT), true)?;
         return Ok(());
     }
     let opts = format!("lowerdir={},upperdir=/upper,workdir=/work", lower.display());
-    mount(
-        Some("overlay"),
-        NEWROOT,
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(opts.as_str()),
-    )
-    .context(|| "cannot mount an overlay over the extracted image".to_string())?;
+    mount(Some("overlay"), NEWROOT, Some("overlay"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+        .context(|| "cannot mount an overlay over the extracted image".to_string())?;
     for (p, kind) in &plan.mount_points {
         let at = in_container(p);
         match kind {
@@ -84,26 +74,15 @@ pub fn mount_tree(tree: &Path, plan: &Plan) -> Result<()> {
 /// Step 3.
 pub fn apply_binds(binds: &[Bind]) -> Result<()> {
     for b in binds {
-        bind(&on_host(&b.src), &in_container(&b.dst), b.readonly).map_err(|e| {
-            Error(format!(
-                "cannot bind {} into the container: {}",
-                b.src.display(),
-                e.0
-            ))
-        })?;
+        bind(&on_host(&b.src), &in_container(&b.dst), b.readonly)
+            .map_err(|e| Error(format!("cannot bind {} into the container: {}", b.src.display(), e.0)))?;
     }
     Ok(())
 }
 
 fn bind(src: &Path, dst: &Path, readonly: bool) -> Result<()> {
-    mount(
-        Some(src),
-        dst,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .context(|| format!("mount --rbind {} {}", src.display(), dst.display()))?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .context(|| format!("mount --rbind {} {}", src.display(), dst.display()))?;
     if readonly {
         // A remount must repeat the flags the kernel locked on the source (nosuid,
         // nodev, noexec) or a user namespace is not allowed to make it.

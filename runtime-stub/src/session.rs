@@ -42,16 +42,13 @@ pub struct Rendezvous {
 impl Rendezvous {
     /// `$XDG_RUNTIME_DIR/bundle`, else `/tmp/bundle-UID`: a directory only we can use.
     pub fn for_key(key: &str) -> Result<Rendezvous> {
-        let uid = Uid::current();
+        let uid = Uid::effective();
         let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
             Some(d) if d.is_dir() => d.join("bundle"),
             _ => PathBuf::from(format!("/tmp/bundle-{uid}")),
         };
         private_dir(&dir, uid)?;
-        Ok(Rendezvous {
-            socket: dir.join(format!("{key}.sock")),
-            lock: dir.join(format!("{key}.lock")),
-        })
+        Ok(Rendezvous { socket: dir.join(format!("{key}.sock")), lock: dir.join(format!("{key}.lock")) })
     }
 }
 
@@ -88,12 +85,13 @@ pub fn attach(rv: &Rendezvous, start: impl FnOnce() -> Result<()>) -> Result<()>
         return enter(fds);
     }
     let _ = fs::remove_file(&rv.socket);
-    start()?;
+    if let Err(e) = start() {
+        let _ = fs::remove_file(&rv.socket);
+        return Err(e);
+    }
     match try_join(&rv.socket) {
         Some(fds) => enter(fds),
-        None => Err(Error(
-            "the container keeper started but does not answer".into(),
-        )),
+        None => Err(Error("the container keeper started but does not answer".into())),
     }
 }
 
@@ -128,21 +126,12 @@ fn try_join(socket: &Path) -> Option<Vec<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = cmsg_space!([std::os::fd::RawFd; 2]);
-    let msg = recvmsg::<()>(
-        s.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .ok()?;
+    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
     let mut fds = Vec::new();
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(raw) = c {
             // SAFETY: the kernel just installed these descriptors for us.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
     (msg.bytes == 1 && byte[0] == JOINED && !fds.is_empty()).then_some(fds)
@@ -156,11 +145,9 @@ fn enter(fds: Vec<OwnedFd>) -> Result<()> {
         _ => (None, &fds[0]),
     };
     if let Some(user) = user {
-        setns(user, CloneFlags::CLONE_NEWUSER)
-            .context(|| "cannot join the container's user namespace".to_string())?;
+        setns(user, CloneFlags::CLONE_NEWUSER).context(|| "cannot join the container's user namespace".to_string())?;
     }
-    setns(mnt, CloneFlags::CLONE_NEWNS)
-        .context(|| "cannot join the container's mount namespace".to_string())?;
+    setns(mnt, CloneFlags::CLONE_NEWNS).context(|| "cannot join the container's mount namespace".to_string())?;
     Ok(())
 }
 
@@ -194,16 +181,10 @@ pub fn job(flag: Option<&str>) -> String {
         return format!("pmix:{ns}");
     }
     if let Some(job) = var("SLURM_JOB_ID") {
-        return format!(
-            "slurm:{job}.{}",
-            var("SLURM_STEP_ID").unwrap_or_else(|| "batch".into())
-        );
+        return format!("slurm:{job}.{}", var("SLURM_STEP_ID").unwrap_or_else(|| "batch".into()));
     }
     let ppid = nix::unistd::getppid();
-    format!(
-        "parent:{ppid}:{}",
-        start_time(ppid.as_raw()).unwrap_or_default()
-    )
+    format!("parent:{ppid}:{}", start_time(ppid.as_raw()).unwrap_or_default())
 }
 
 /// A process's start time (field 22 of /proc/PID/stat), so that a reused pid is a
