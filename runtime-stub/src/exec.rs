@@ -91,18 +91,18 @@ mod tests {
     fn host_then_bundle_then_overrides() {
         let bundle = BTreeMap::from([("A".to_string(), "bundle".to_string()), ("OMP_NUM_THREADS".into(), "1".into())]);
         let env = environment(host(), &bundle, false);
-        assert_eq!(env["A"], "bundle");
-        assert_eq!(env["OMP_NUM_THREADS"], "4");
-        assert_eq!(env["SECRET"], "x");
+        assert_eq!(env[std::ffi::OsStr::new("A")], "bundle");
+        assert_eq!(env[std::ffi::OsStr::new("OMP_NUM_THREADS")], "4");
+        assert_eq!(env[std::ffi::OsStr::new("SECRET")], "x");
         assert!(!env.contains_key(&OsString::from("BUNDLEENV_OMP_NUM_THREADS")));
     }
 
     #[test]
     fn cleanenv_keeps_only_the_basics() {
         let env = environment(host(), &BTreeMap::new(), true);
-        assert_eq!(env["HOME"], "/home/a");
-        assert_eq!(env["PATH"], DEFAULT_PATH);
+        assert_eq!(env[std::ffi::OsStr::new("HOME")], "/home/a");
+        assert_eq!(env[std::ffi::OsStr::new("PATH")], DEFAULT_PATH);
         assert!(!env.contains_key(&OsString::from("SECRET")));
-        assert_eq!(env["OMP_NUM_THREADS"], "4");
+        assert_eq!(env[std::ffi::OsStr::new("OMP_NUM_THREADS")], "4");
     }
 }
