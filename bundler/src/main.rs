@@ -1,10 +1,12 @@
 //! `bundle`: packs an application into one self-executing file for HPC clusters.
 
 mod assemble;
+mod closure;
 mod inputs;
 mod inspect;
 mod pipeline;
 mod progress;
+mod rpm;
 mod squashfs;
 mod stub;
 mod tree;
@@ -28,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a bundle from directories, file lists and files.
+    /// Build a bundle from RPM packages, directories, file lists and files.
     Build(BuildArgs),
     /// Show a bundle's metadata.
     Inspect {
@@ -47,6 +49,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct BuildArgs {
+    /// RPM packages whose files make up the image (several are merged; a path in two
+    /// packages with different content is an error).
+    #[arg(value_name = "RPM")]
+    rpms: Vec<PathBuf>,
     /// A directory that becomes the image root.
     #[arg(long = "dir", value_name = "DIR")]
     dirs: Vec<PathBuf>,
@@ -56,9 +62,19 @@ struct BuildArgs {
     /// One file or directory, `SRC[=DEST]`.
     #[arg(long = "file", value_name = "SRC[=DEST]")]
     files: Vec<String>,
-    /// The program to run, an absolute path inside the image.
+    /// The program to run, an absolute path inside the image. Default: the only
+    /// executable of the inputs in a bin or sbin directory.
     #[arg(short, long)]
     entrypoint: Option<String>,
+    /// A host file or directory to add at the same path, with the libraries it needs.
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<PathBuf>,
+    /// Do not add libraries, interpreters and plugins from the build host.
+    #[arg(long)]
+    no_closure: bool,
+    /// Build even if some libraries cannot be found (they are listed in a warning).
+    #[arg(long)]
+    allow_missing: bool,
     /// Environment variable set inside the bundle.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -111,6 +127,7 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     pipeline::build(&pipeline::BuildRequest {
+        rpms: a.rpms,
         dirs: a.dirs,
         lists: a.lists,
         files: a.files,
@@ -120,5 +137,8 @@ fn build(a: BuildArgs) -> anyhow::Result<()> {
         image,
         stub: a.stub,
         output: a.output,
+        closure: !a.no_closure,
+        allow_missing: a.allow_missing,
+        includes: a.includes,
     })
 }

@@ -1,19 +1,24 @@
 //! `bundle build`: inputs → staging tree → checks → image → bundle file.
 
 use crate::assemble;
+use crate::closure;
 use crate::inputs::{absolute, HostInputs};
+use crate::rpm::RpmInputs;
 use crate::progress::Progress;
 use crate::squashfs;
 use crate::stub;
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
 use anyhow::{bail, Context, Result};
-use bundle_format::{ImageInfo, Input, Metadata};
+use bundle_format::{ImageInfo, Input, Metadata, ProvidedFile};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tempfile::TempDir;
 
 pub struct BuildRequest {
+    /// RPM packages, in command-line order.
+    pub rpms: Vec<PathBuf>,
     pub dirs: Vec<PathBuf>,
     pub lists: Vec<PathBuf>,
     pub files: Vec<String>,
@@ -23,6 +28,12 @@ pub struct BuildRequest {
     pub image: squashfs::Options,
     pub stub: Option<PathBuf>,
     pub output: PathBuf,
+    /// Add the libraries and interpreters the inputs need (`--no-closure` turns it off).
+    pub closure: bool,
+    /// Build even if the closure cannot find everything.
+    pub allow_missing: bool,
+    /// Host paths added with their closure (`--include`).
+    pub includes: Vec<PathBuf>,
 }
 
 /// Directories and files the runtime binds over; present in every image so that no
@@ -53,20 +64,28 @@ pub fn build(req: &BuildRequest) -> Result<()> {
             .map_or(0, |d| d.as_secs() as u32)
     });
     let mut tree = Tree::new(now);
-    let inputs = gather(req, &mut tree)?;
-    if tree.len() <= 1 {
+    // The RPMs' staged contents must outlive the image writing: dropped at the end.
+    let (inputs, _staging) = gather(req, &mut tree)?;
+    if tree.len() <= 1 && req.includes.is_empty() {
         bail!(
-            "nothing to bundle: give a directory (--dir), a file list (--files) or files (--file)"
+            "nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)"
         );
     }
+    // Chosen from the inputs alone: what the closure adds is never a candidate.
+    let entrypoint = match &req.entrypoint {
+        Some(e) => e.clone(),
+        None => default_entrypoint(&tree)?,
+    };
+    let provided = if req.closure {
+        add_closure(req, &mut tree)?
+    } else {
+        Vec::new()
+    };
     add_mount_points(&mut tree, now)?;
     if let Some(t) = epoch {
         tree.set_all_mtimes(t);
     }
-    let entrypoint = match &req.entrypoint {
-        Some(e) => vec![check_entrypoint(&tree, e)?],
-        None => Vec::new(),
-    };
+    let entrypoint = vec![check_entrypoint(&tree, &entrypoint)?];
     let metadata = Metadata {
         entrypoint,
         env: parse_pairs(&req.env, "--env")?,
@@ -80,7 +99,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
             entries: tree.len() as u64,
         },
         inputs,
-        provided: Vec::new(),
+        provided,
         binds: Vec::new(),
     };
     let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
@@ -100,9 +119,24 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     Ok(())
 }
 
-fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<Input>> {
-    let mut host = HostInputs::new(tree);
+/// Adds every input to the tree. RPMs go first, so that `--dir`, `--files` and `--file`
+/// can override a packaged file. Returns the provenance records and, when there are RPMs,
+/// the staging directory holding their extracted contents.
+fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<TempDir>)> {
     let mut inputs = Vec::new();
+    let staging = if req.rpms.is_empty() {
+        None
+    } else {
+        let mut rpms = RpmInputs::new(tree)?;
+        for r in &req.rpms {
+            inputs.push(rpms.add(r)?);
+        }
+        for w in &rpms.warnings {
+            eprintln!("bundle: warning: {w}");
+        }
+        Some(rpms.into_staging())
+    };
+    let mut host = HostInputs::new(tree);
     for d in &req.dirs {
         host.add_root_dir(d)?;
         inputs.push(Input {
@@ -139,7 +173,48 @@ fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<Input>> {
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
     }
-    Ok(inputs)
+    Ok((inputs, staging))
+}
+
+/// With no `-e`: the one executable in a `bin` or `sbin` directory of the inputs.
+fn default_entrypoint(tree: &Tree) -> Result<String> {
+    let candidates = executables_in_bin(tree);
+    match candidates.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no entrypoint: the inputs have no executable in a bin or sbin directory; give one with -e PATH"
+        ),
+        many => bail!(
+            "more than one possible entrypoint, choose one with -e: {}",
+            many.join(", ")
+        ),
+    }
+}
+
+/// Libraries, interpreters and plugins from the build host; returns what was added.
+fn add_closure(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<ProvidedFile>> {
+    let opts = closure::Options {
+        allow_missing: req.allow_missing,
+        includes: req.includes.clone(),
+    };
+    let before = tree.len();
+    let outcome = closure::complete(tree, &opts)?;
+    for w in &outcome.warnings {
+        eprintln!("bundle: warning: {w}");
+    }
+    let bytes: u64 = outcome
+        .provided
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(&p.source).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "bundle: closure: {} entries added from the build host ({})",
+        tree.len() - before,
+        human(bytes)
+    );
+    Ok(outcome.provided)
 }
 
 fn add_mount_points(tree: &mut Tree, mtime: u32) -> Result<()> {

@@ -129,7 +129,8 @@ pub fn build(
     let mut plan = Plan::default();
     for w in wanted {
         let dst = normalise(&w.dst)?;
-        let identity = normalise(&w.src)? == dst;
+        let wanted_src = normalise(&w.src)?;
+        let identity = wanted_src == dst;
         if let Some(outer) = plan.binds.iter().find(|b| dst.starts_with(&b.dst)) {
             if identity && !w.readonly {
                 continue; // already visible through `outer`
@@ -147,7 +148,7 @@ pub fn build(
             }
             return Err(format!("cannot bind {} over the container's root", w.src.display()));
         }
-        let (kind, src) = match host(&w.src) {
+        let (kind, src) = match host(&wanted_src) {
             Some((Found::Dir, real)) => (Kind::Dir, real),
             Some((Found::File, real)) => (Kind::File, real),
             _ if w.optional => continue,
