@@ -112,18 +112,40 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
     Ok(mode != Mode::Kernel)
 }
 
+/// Where multi-call looks for the program named by the symlink we were started through.
+const BIN_DIRS: [&str; 6] = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin"];
+
 /// What to run: the entrypoint with the caller's arguments, or what `--bundle-exec` /
-/// `--bundle-shell` asked for.
+/// `--bundle-shell` asked for, or the program a multi-call symlink names.
 fn command_line(bundle: &Bundle, opts: &Options) -> Result<Vec<OsString>> {
     let prefix: Vec<OsString> = match opts.action {
         Action::Exec => Vec::new(),
         Action::Shell => vec!["/bin/sh".into()],
+        Action::Run if let Some(program) = multicall(bundle)? => vec![program.into()],
         _ if bundle.metadata.entrypoint.is_empty() => {
             return Err(Error("this bundle has no entrypoint; run a program of it with --bundle-exec CMD".into()))
         }
         _ => bundle.metadata.entrypoint.iter().map(OsString::from).collect(),
     };
     Ok(prefix.into_iter().chain(opts.args.iter().cloned()).collect())
+}
+
+/// Singularity 1.x's multi-call: started as `app-helper`, a symlink to the bundle, we run
+/// the image's `app-helper` from a `bin` directory. Only then are the image tables read.
+fn multicall(bundle: &Bundle) -> Result<Option<PathBuf>> {
+    let Some(name) = std::env::args_os().next().map(PathBuf::from).and_then(|a| a.file_name().map(OsString::from))
+    else {
+        return Ok(None);
+    };
+    let own = fs::read_link("/proc/self/exe").ok();
+    if own.as_deref().and_then(Path::file_name) == Some(name.as_os_str()) || name.is_empty() {
+        return Ok(None);
+    }
+    let image = Image::open(&bundle.file, bundle.trailer.image_offset)?;
+    Ok(BIN_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(&name))
+        .find(|p| matches!(image_found(&image, p), Some(Found::File | Found::Symlink))))
 }
 
 /// The bundle's default binds, then `BUNDLE_BIND` (comma-separated), then the flags.
