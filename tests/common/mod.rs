@@ -4,13 +4,15 @@
 //! - When the tests run as root (CI), every bundle runs as the unprivileged user
 //!   [`TEST_USER`] (created by `./scripts/test`); otherwise as ourselves.
 //! - Every command a test starts carries `BUNDLE_TEST_ID=<unique id>` in its
-//!   environment. The runtime passes the environment through to the application (and its
-//!   FUSE server is a fork of it), so [`Test`]'s drop can find, by that tag alone, any
-//!   process the test left behind, even though the test user is shared by tests
-//!   running in parallel. Leftovers are killed and fail the test.
+//!   environment. The runtime passes the environment through to the application, and
+//!   the container's keeper and FUSE server are forks of the stub, so [`Test`]'s drop
+//!   can find, by that tag alone, any process the test left behind, even though the
+//!   test user is shared by tests running in parallel. Leftovers are killed and fail
+//!   the test. Each test has its own `XDG_RUNTIME_DIR` (the runtime's rendezvous
+//!   sockets) and extract cache, and runs bundles with `BUNDLE_LINGER=0`.
 //! - Everything a test writes lives in a [`TestDir`] under `/tmp` (mode 0755, so the
-//!   test user can read it), removed on drop. Directories of killed earlier runs are
-//!   swept at start.
+//!   test user can read it), removed on drop. Processes and directories of earlier
+//!   runs that were killed before their cleanup are swept at start.
 //! - Every wait has a timeout; a process that outlives it is killed and the test fails
 //!   with what it printed so far.
 
@@ -33,9 +35,10 @@ pub const TEST_USER: &str = "bundletest";
 pub const TAG_VAR: &str = "BUNDLE_TEST_ID";
 /// Default limit for one command (a build, a run).
 pub const TIMEOUT: Duration = Duration::from_secs(60);
-/// How long processes of a finished test may take to disappear (the FUSE server dies
-/// by `PR_SET_PDEATHSIG` when the application ends: this is generous).
-pub const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
+/// How long processes of a finished test may take to disappear. Tests run bundles with
+/// `BUNDLE_LINGER=0`, so the container's keeper (and its FUSE server) leave as soon as
+/// the application has ended: this is generous.
+pub const LEFTOVER_GRACE: Duration = Duration::from_secs(10);
 /// The squashfs image starts on this boundary (docs/format.md).
 pub const IMAGE_ALIGN: u64 = 4096;
 /// Size of the trailer at the end of every bundle (docs/format.md).
@@ -68,7 +71,9 @@ pub fn bundle_bin() -> &'static Path {
     })
 }
 
-/// The static runtime stub: `$BUNDLE_STUB`, else the `stub` profile's musl build.
+/// The static runtime stub (`$BUNDLE_STUB`, else the `stub` profile's musl build),
+/// copied once into [`shared_dir`]: every bundle of this test run gets the same stub,
+/// even if the build tree's copy is rebuilt meanwhile.
 pub fn stub_bin() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
@@ -77,7 +82,9 @@ pub fn stub_bin() -> &'static Path {
             None => target_profile_dir().join("../x86_64-unknown-linux-musl/stub/bundle-runtime"),
         };
         assert!(p.is_file(), "the runtime stub {} is missing: {RUN_SUITE}", p.display());
-        p.canonicalize().expect("canonical stub path")
+        let copy = shared_dir().join("bundle-runtime");
+        fs::copy(&p, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", p.display()));
+        copy
     })
 }
 
@@ -89,20 +96,15 @@ pub fn busybox() -> &'static Path {
 }
 
 /// `tests/programs/probe.c`, compiled once per test binary with `gcc -static -O2` into
-/// `target/<profile>/e2e/probe`.
+/// [`shared_dir`].
 pub fn probe() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/probe.c");
-        let dir = target_profile_dir().join("e2e");
-        fs::create_dir_all(&dir).expect("create target/<profile>/e2e");
-        let out = dir.join("probe");
-        let tmp = dir.join(format!("probe.tmp-{}", std::process::id()));
-        let result = run_with(
-            Command::new("gcc").args(["-static", "-O2", "-Wall", "-o"]).arg(&tmp).arg(&src),
-            None,
-            TIMEOUT,
-        );
+        let out = shared_dir().join("probe");
+        let tmp = shared_dir().join("probe.tmp");
+        let result =
+            run_with(Command::new("gcc").args(["-static", "-O2", "-Wall", "-o"]).arg(&tmp).arg(&src), None, TIMEOUT);
         assert!(result.status.success(), "cannot compile the probe (gcc and libc6-dev needed): {RUN_SUITE}\n{result}");
         fs::rename(&tmp, &out).expect("publish the probe");
         out
@@ -130,7 +132,8 @@ pub fn user() -> &'static User {
     static U: OnceLock<User> = OnceLock::new();
     U.get_or_init(|| {
         if is_root() {
-            passwd(|name, _| name == TEST_USER).unwrap_or_else(|| panic!("user {TEST_USER} does not exist: {RUN_SUITE}"))
+            passwd(|name, _| name == TEST_USER)
+                .unwrap_or_else(|| panic!("user {TEST_USER} does not exist: {RUN_SUITE}"))
         } else {
             // SAFETY: getuid cannot fail.
             let uid = unsafe { libc::getuid() };
@@ -154,6 +157,16 @@ fn passwd(matches: impl Fn(&str, u32) -> bool) -> Option<User> {
         let (uid, gid) = (f[2].parse().ok()?, f[3].parse().ok()?);
         matches(f[0], uid).then(|| User { name: f[0].to_string(), uid, gid, home: PathBuf::from(f[5]) })
     })
+}
+
+/// Makes `cmd` run as the test user when we are root (uid, gid, no supplementary
+/// groups; the working directory must be reachable by that user). Its environment is
+/// left alone: [`Test::cmd`] also gives it a clean one.
+pub fn as_user(cmd: &mut Command) -> &mut Command {
+    if is_root() {
+        cmd.uid(user().uid).gid(user().gid);
+    }
+    cmd
 }
 
 /// Gives `path` to the test user (when we are root; otherwise it is ours already).
@@ -257,17 +270,31 @@ pub fn remove_tree(path: &Path) {
     }
 }
 
-/// Removes `bundle-e2e-<pid>-*` directories of test processes that no longer exist
-/// (a run killed before its cleanup).
+/// Cleans up after test runs that were killed before their own cleanup (an interrupted
+/// `scripts/test`): kills processes whose tag names a test process that no longer
+/// exists, then removes `bundle-e2e-<pid>-*` directories of such processes.
 fn sweep_stale_dirs() {
     static ONCE: OnceLock<()> = OnceLock::new();
+    let dead = |pid: u32| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
     ONCE.get_or_init(|| {
+        let prefix = format!("{TAG_VAR}=");
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(env) = fs::read(e.path().join("environ")) else { continue };
+            let owner = env.split(|&b| b == 0).find_map(|v| {
+                let tag = std::str::from_utf8(v.strip_prefix(prefix.as_bytes())?).ok()?;
+                tag.split('.').next()?.parse::<u32>().ok()
+            });
+            if owner.is_some_and(dead) {
+                kill_all(&[(pid, String::new())]);
+            }
+        }
         for base in ["/tmp", "/var/tmp"] {
             for e in fs::read_dir(base).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Some(rest) = name.strip_prefix("bundle-e2e-") else { continue };
                 let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                if dead(pid) {
                     remove_tree(&e.path());
                 }
             }
@@ -696,13 +723,14 @@ impl Running {
                 }
             }
         }
-        let stderr = match self.stderr.take().map(|r| r.recv_timeout(deadline.saturating_duration_since(Instant::now()))) {
-            Some(Ok(b)) => b,
-            _ => {
-                held.push("stderr");
-                Vec::new()
-            }
-        };
+        let stderr =
+            match self.stderr.take().map(|r| r.recv_timeout(deadline.saturating_duration_since(Instant::now()))) {
+                Some(Ok(b)) => b,
+                _ => {
+                    held.push("stderr");
+                    Vec::new()
+                }
+            };
         let out = Out { what: self.what.clone(), status, stdout: std::mem::take(&mut self.stdout), stderr, elapsed };
         assert!(
             held.is_empty(),
@@ -745,8 +773,9 @@ impl Mode {
 }
 
 /// One end-to-end test. Its drop fails the test if any process it started is still
-/// alive (after [`LEFTOVER_GRACE`]; they are killed), or if a bundle mount is visible
-/// on the host, and removes its directory.
+/// alive (after [`LEFTOVER_GRACE`]; they are killed), if a bundle mount is visible on
+/// the host, or if a keeper's socket or a half-made cache tree is left, and removes its
+/// directory.
 pub struct Test {
     pub id: String,
     pub dir: TestDir,
@@ -754,6 +783,9 @@ pub struct Test {
     pub work: PathBuf,
     /// `BUNDLE_CACHE_DIR` of commands (owned by the user, initially absent).
     pub cache: PathBuf,
+    /// `XDG_RUNTIME_DIR` of commands (owned by the user, mode 0700, as logind makes it),
+    /// where the runtime puts its rendezvous sockets: each test has its own.
+    pub runtime: PathBuf,
 }
 
 impl Test {
@@ -761,20 +793,22 @@ impl Test {
         let _ = (bundle_bin(), stub_bin(), user());
         let dir = TestDir::new(name);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let id = format!("{name}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        // The test process's pid first: a later run can tell the tags of dead runs.
+        let id = format!("{}.{}.{nanos}.{name}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let work = dir.user_dir("work");
         let home_of_cache = dir.user_dir("cache-parent");
-        Test { id, work, cache: home_of_cache.join("cache"), dir }
+        let runtime = dir.user_dir("runtime");
+        fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).expect("chmod runtime dir");
+        Test { id, work, cache: home_of_cache.join("cache"), runtime, dir }
     }
 
     /// A command run as the test user, from [`Test::work`], with a clean environment:
-    /// HOME, USER, LOGNAME, PATH, the tag, and `BUNDLE_CACHE_DIR` = [`Test::cache`].
+    /// HOME, USER, LOGNAME, PATH, the tag, `BUNDLE_CACHE_DIR` = [`Test::cache`],
+    /// `XDG_RUNTIME_DIR` = [`Test::runtime`] and `BUNDLE_LINGER=0`.
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new(program);
         self.user_env(&mut c);
-        if is_root() {
-            c.uid(user().uid).gid(user().gid);
-        }
+        as_user(&mut c);
         c
     }
 
@@ -795,6 +829,8 @@ impl Test {
             .env("PATH", USER_PATH)
             .env(TAG_VAR, &self.id)
             .env("BUNDLE_CACHE_DIR", &self.cache)
+            .env("XDG_RUNTIME_DIR", &self.runtime)
+            .env("BUNDLE_LINGER", "0")
             .current_dir(&self.work);
     }
 
@@ -839,6 +875,13 @@ impl Test {
         }
     }
 
+    /// Kills every live process of this test; returns what it found.
+    pub fn kill_processes(&self) -> Vec<(i32, String)> {
+        let left = self.processes();
+        kill_all(&left);
+        left
+    }
+
     /// Asserts that no process of this test remains (within `timeout`).
     #[track_caller]
     pub fn assert_no_processes(&self, timeout: Duration) {
@@ -847,6 +890,24 @@ impl Test {
             kill_all(&left);
             panic!("processes of this test still alive {timeout:?} after it ended (now killed): {left:?}");
         }
+    }
+
+    /// Asserts that no keeper left its rendezvous socket in [`Test::runtime`].
+    #[track_caller]
+    pub fn assert_no_sockets(&self) {
+        let mut left = Vec::new();
+        let mut dirs = vec![self.runtime.clone()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                if ft.is_dir() {
+                    dirs.push(e.path());
+                } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+                    left.push(e.path());
+                }
+            }
+        }
+        assert!(left.is_empty(), "sockets left after every process of the test ended: {left:?}");
     }
 
     /// Asserts that the extract cache at `cache` holds no half-made trees (`.tmp-*`).
@@ -876,6 +937,7 @@ impl Drop for Test {
             );
             assert!(mounts.is_empty(), "mounts left on the host: {mounts:#?}");
             self.assert_cache_clean(&self.cache);
+            self.assert_no_sockets();
         }
     }
 }
