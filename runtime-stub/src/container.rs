@@ -19,7 +19,7 @@ use crate::namespaces;
 use crate::options::{Action, Mode, Options};
 use crate::plan::{self, Found, Host, Plan, UserBind};
 use crate::rootfs;
-use crate::session::{self, Rendezvous};
+use crate::session;
 use backhand::InnerNode;
 use bundle_format::{Bundle, Image};
 use nix::mount::{mount, MsFlags};
@@ -61,9 +61,8 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     };
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
-    let rv = Rendezvous::for_key(&key)?;
     let linger = linger(opts.linger)?;
-    session::attach(&rv, || keeper::start(&rv, linger, || build(bundle, mode, &who)))?;
+    session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who)))?;
     std::env::set_current_dir(&cwd).context(|| format!("cannot enter {} in the container", cwd.display()))?;
     let env = environment(std::env::vars_os(), &bundle.metadata.env, opts.cleanenv);
     if geteuid().is_root() && !opts.keep_caps {

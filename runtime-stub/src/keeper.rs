@@ -9,35 +9,23 @@
 //! the FUSE server, its child, dies with it (`PR_SET_PDEATHSIG`).
 
 use crate::fail::{Error, Result};
-use crate::session::{Rendezvous, JOINED};
+use crate::session::JOINED;
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::socket::{getsockopt, sendmsg, sockopt::PeerCredentials, ControlMessage, MsgFlags};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe, setsid, unlinkat, ForkResult, Pid, Uid, UnlinkatFlags};
-use std::ffi::OsString;
+use nix::unistd::{fork, pipe, setsid, ForkResult, Pid, Uid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Starts a keeper that runs `build` (which must leave the calling process inside the
-/// finished container) and then serves joins on the rendezvous socket. Returns once
-/// the keeper is ready, or with the error that stopped it.
-pub fn start(rv: &Rendezvous, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
-    let listener =
-        UnixListener::bind(&rv.socket).map_err(|e| Error(format!("cannot listen on {}: {e}", rv.socket.display())))?;
-    // Opened now: once inside the container, the rendezvous directory may not be visible.
-    let exit = Exit {
-        lock: File::open(&rv.lock)?,
-        dir: File::open(rv.socket.parent().unwrap_or(Path::new("/")))?,
-        socket_name: rv.socket.file_name().unwrap_or_default().to_owned(),
-        lock_name: rv.lock.file_name().unwrap_or_default().to_owned(),
-    };
+/// finished container) and then serves joins on `listener`. Returns once the keeper is
+/// ready, or with the error that stopped it.
+pub fn start(listener: UnixListener, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
     let (report_r, report_w) = pipe()?;
     // SAFETY: single-threaded; the children run only our own code.
     match unsafe { fork() }? {
@@ -47,7 +35,7 @@ pub fn start(rv: &Rendezvous, linger: Duration, build: impl FnOnce() -> Result<b
             // SAFETY: as above. The middle process exits at once, so the keeper is
             // re-parented away from the rank.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
-                run_keeper(listener, File::from(report_w), exit, linger, build);
+                run_keeper(listener, File::from(report_w), linger, build);
             }
             // SAFETY: leave without running the parent's atexit handlers or destructors.
             unsafe { libc::_exit(0) }
@@ -69,13 +57,7 @@ pub fn start(rv: &Rendezvous, linger: Duration, build: impl FnOnce() -> Result<b
     }
 }
 
-fn run_keeper(
-    listener: UnixListener,
-    mut report: File,
-    exit: Exit,
-    linger: Duration,
-    build: impl FnOnce() -> Result<bool>,
-) -> ! {
+fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {
     ignore_job_signals();
     let own_user = match build() {
         Ok(own_user) => own_user,
@@ -88,7 +70,7 @@ fn run_keeper(
     let _ = report.write_all(b"R\n");
     drop(report);
     crate::fuse::silence_stdio();
-    serve(listener, &ns, &exit, linger);
+    serve(listener, &ns, linger);
     std::process::exit(0)
 }
 
@@ -150,23 +132,19 @@ impl Member {
     }
 }
 
-/// What the keeper needs to leave cleanly, opened while the host's paths were visible.
-struct Exit {
-    lock: File,
-    dir: File,
-    socket_name: OsString,
-    lock_name: OsString,
-}
+/// The rank that started us joins right after we report ready; if it died before
+/// that, we still leave, after this long.
+const FIRST_JOIN_GRACE: Duration = Duration::from_secs(10);
 
-fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) {
+fn serve(listener: UnixListener, ns: &[OwnedFd], linger: Duration) {
     let _ = listener.set_nonblocking(true);
     let me = Uid::effective();
     let mut members: Vec<Member> = Vec::new();
     let mut idle_since = Instant::now();
+    let mut patience = linger.max(FIRST_JOIN_GRACE);
     loop {
         let timeout = if members.is_empty() {
-            // Not below a few milliseconds: leaving may have to wait for a starting rank.
-            linger.saturating_sub(idle_since.elapsed()).max(Duration::from_millis(5))
+            patience.saturating_sub(idle_since.elapsed())
         } else if members.iter().any(|m| m.pidfd.is_none()) {
             Duration::from_millis(200)
         } else {
@@ -176,6 +154,7 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) 
         while let Ok((stream, _)) = listener.accept() {
             if let Some(pid) = admit(&stream, me, ns) {
                 members.push(Member::new(pid));
+                patience = linger;
             }
         }
         let before = members.len();
@@ -184,7 +163,9 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], exit: &Exit, linger: Duration) 
             if before > 0 {
                 idle_since = Instant::now();
             }
-            if idle_since.elapsed() >= linger && leave(&listener, exit) {
+            if idle_since.elapsed() >= patience {
+                // Closing the socket frees its name at once; a rank that connected in
+                // the meantime sees it close, and starts a new keeper.
                 return;
             }
         }
@@ -213,22 +194,4 @@ fn admit(stream: &UnixStream, me: Uid, ns: &[OwnedFd]) -> Option<Pid> {
     let cmsg = [ControlMessage::ScmRights(&raw)];
     sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&[JOINED])], &cmsg, MsgFlags::empty(), None).ok()?;
     Some(pid)
-}
-
-/// Leaves only if no rank is starting a keeper right now (it holds the lock and may be
-/// about to join us). The socket goes first, then whoever connected meanwhile is
-/// turned away; they retry under the lock and start a new keeper.
-fn leave(listener: &UnixListener, exit: &Exit) -> bool {
-    let Ok(lock) = exit.lock.try_clone() else {
-        return true;
-    };
-    let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
-        return false;
-    };
-    let _ = unlinkat(&exit.dir, exit.socket_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-    let _ = unlinkat(&exit.dir, exit.lock_name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-    while let Ok((stream, _)) = listener.accept() {
-        drop(stream);
-    }
-    true
 }

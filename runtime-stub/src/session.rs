@@ -7,134 +7,111 @@
 //! The container is held by a *keeper* process (`keeper.rs`), not by any rank: ranks
 //! come and go, the keeper counts them and leaves after the last one (plus a short
 //! linger, so that a job script calling the bundle in a loop mounts once). A rank:
-//! 1. derives the session key from the job (Slurm job and step, PMIx namespace, or the
+//! 1. derives the session key from the job (PMIx namespace, Slurm job and step, or the
 //!    launcher daemon that is every local rank's parent), the image and its own view;
 //! 2. connects to the keeper's socket and asks to join: the keeper registers the rank's
 //!    pid and passes back its namespace descriptors;
-//! 3. if nobody answers, takes the session lock, checks again, and starts the keeper;
+//! 3. if nobody listens, binds the socket itself and starts a keeper with it;
 //! 4. `setns` into the user and mount namespaces (its root is now the image) and execs.
 //!
-//! Only the rank that starts a keeper reads the image tables; a joining rank's start-up
-//! is a connect, one message and two `setns`.
+//! The socket is in the abstract namespace (`@bundle/UID/KEY`): binding a name there is
+//! atomic, so it is also the lock that lets exactly one of 64 simultaneous ranks start
+//! the keeper while the others queue on it; and the name disappears with the keeper,
+//! so nothing is ever left in the file system. Both ends check the other's uid.
+//! Only the rank that starts a keeper reads the image tables; a joining rank's
+//! start-up is a connect, one message and two `setns`.
 
 use crate::fail::{Context, Error, Result};
 use nix::cmsg_space;
-use nix::fcntl::{Flock, FlockArg};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{getsockopt, recvmsg, sockopt::PeerCredentials, ControlMessageOwned, MsgFlags};
 use nix::unistd::Uid;
-use std::fs::{self, OpenOptions};
-use std::io::{IoSliceMut, Write};
+use std::fs;
+use std::io::{ErrorKind, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::time::Duration;
 
 /// The keeper's reply to a join: this byte, then the namespace descriptors.
 pub const JOINED: u8 = b'J';
 
-/// Where a session's socket and lock live.
-pub struct Rendezvous {
-    pub socket: PathBuf,
-    pub lock: PathBuf,
+enum Answer {
+    Joined(Vec<OwnedFd>),
+    /// Nobody listens under this name.
+    NoKeeper,
+    /// A keeper of another user holds the name.
+    Foreign,
+    /// The keeper went away while we asked (it was leaving, or failed to start).
+    Retry,
 }
 
-impl Rendezvous {
-    /// `$XDG_RUNTIME_DIR/bundle`, else `/tmp/bundle-UID`: a directory only we can use.
-    pub fn for_key(key: &str) -> Result<Rendezvous> {
-        let uid = Uid::effective();
-        let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-            Some(d) if d.is_dir() => d.join("bundle"),
-            _ => PathBuf::from(format!("/tmp/bundle-{uid}")),
-        };
-        private_dir(&dir, uid)?;
-        Ok(Rendezvous { socket: dir.join(format!("{key}.sock")), lock: dir.join(format!("{key}.lock")) })
-    }
-}
-
-/// Creates `dir` mode 0700, or checks that an existing one is ours and private: another
-/// user must not be able to plant a socket there and hand us their namespaces.
-fn private_dir(dir: &Path, uid: Uid) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(Error(format!("cannot create {}: {e}", dir.display()))),
-    }
-    let m = fs::symlink_metadata(dir).context(|| format!("cannot read {}", dir.display()))?;
-    if !m.is_dir() || m.uid() != uid.as_raw() || m.mode() & 0o077 != 0 {
-        return Err(Error(format!(
-            "{} is not a private directory of yours (owner {}, mode {:o}); remove it or set XDG_RUNTIME_DIR",
-            dir.display(),
-            m.uid(),
-            m.mode() & 0o7777
-        )));
-    }
-    Ok(())
-}
-
-/// Joins the session's container, starting a keeper with `start` if none is running.
-/// On return this process is inside the container's namespaces, its root the image.
-pub fn attach(rv: &Rendezvous, start: impl FnOnce() -> Result<()>) -> Result<()> {
-    // Fast path: a keeper is there (every rank but the first, and warm starts).
-    if let Some(fds) = try_join(&rv.socket) {
-        return enter(fds);
-    }
-    let _held = lock(&rv.lock)?;
-    // Whoever held the lock before us may have started one.
-    if let Some(fds) = try_join(&rv.socket) {
-        return enter(fds);
-    }
-    let _ = fs::remove_file(&rv.socket);
-    if let Err(e) = start() {
-        let _ = fs::remove_file(&rv.socket);
-        return Err(e);
-    }
-    match try_join(&rv.socket) {
-        Some(fds) => enter(fds),
-        None => Err(Error("the container keeper started but does not answer".into())),
-    }
-}
-
-/// Takes the session lock. A keeper that leaves removes the lock file while holding it,
-/// so a lock taken on a file that is no longer at `path` is worthless: take it again.
-fn lock(path: &Path) -> Result<Flock<fs::File>> {
-    loop {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .context(|| format!("cannot open {}", path.display()))?;
-        let held = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error(format!("cannot lock {}: {e}", path.display())))?;
-        let same = match (fs::metadata(path), held.metadata()) {
-            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-            _ => false,
-        };
-        if same {
-            return Ok(held);
+/// Joins the session's container, starting a keeper with `start` (which gets the bound
+/// socket) if none is running. On return this process is inside the container's
+/// namespaces, its root the image.
+pub fn attach(key: &str, start: impl FnOnce(UnixListener) -> Result<()>) -> Result<()> {
+    let me = Uid::effective();
+    let mut name = format!("bundle/{me}/{key}");
+    let mut start = Some(start);
+    for _ in 0..200 {
+        let addr = SocketAddr::from_abstract_name(&name)?;
+        match ask(&addr, me) {
+            Answer::Joined(fds) => return enter(fds),
+            Answer::Retry => continue,
+            Answer::Foreign => {
+                eprintln!(
+                    "bundle: warning: another user holds the session name {name}; this run gets a container of its own"
+                );
+                name = format!("bundle/{me}/{key}/{}", std::process::id());
+            }
+            Answer::NoKeeper => match UnixListener::bind_addr(&addr) {
+                Ok(listener) => match start.take() {
+                    Some(start) => start(listener)?,
+                    None => {
+                        return Err(Error("the container keeper stopped while starting; see the error above".into()))
+                    }
+                },
+                // Another rank bound it an instant ago and is about to listen.
+                Err(e) if e.kind() == ErrorKind::AddrInUse => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => return Err(Error(format!("cannot create the session socket @{name}: {e}"))),
+            },
         }
     }
+    Err(Error("could not join or start the container keeper".into()))
 }
 
-/// Asks the keeper at `socket` to register us; `None` if there is no keeper (or it is
-/// on its way out, in which case the caller retries under the lock).
-fn try_join(socket: &Path) -> Option<Vec<OwnedFd>> {
-    let mut s = UnixStream::connect(socket).ok()?;
-    s.write_all(b"j").ok()?;
+/// Asks the keeper at `addr` to register us.
+fn ask(addr: &SocketAddr, me: Uid) -> Answer {
+    let mut s = match UnixStream::connect_addr(addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Answer::NoKeeper,
+        Err(_) => return Answer::Retry,
+    };
+    match getsockopt(&s, PeerCredentials) {
+        Ok(c) if c.uid() == me.as_raw() => {}
+        _ => return Answer::Foreign,
+    }
+    if s.write_all(b"j").is_err() {
+        return Answer::Retry;
+    }
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = cmsg_space!([std::os::fd::RawFd; 2]);
-    let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let Ok(msg) = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
+        return Answer::Retry;
+    };
     let mut fds = Vec::new();
-    for c in msg.cmsgs().ok()? {
+    for c in msg.cmsgs().into_iter().flatten() {
         if let ControlMessageOwned::ScmRights(raw) = c {
             // SAFETY: the kernel just installed these descriptors for us.
             fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
     }
-    (msg.bytes == 1 && byte[0] == JOINED && !fds.is_empty()).then_some(fds)
+    if msg.bytes == 1 && byte[0] == JOINED && !fds.is_empty() {
+        Answer::Joined(fds)
+    } else {
+        Answer::Retry
+    }
 }
 
 /// `setns` into what the keeper sent: its user namespace (absent in kernel mode, as
