@@ -18,11 +18,7 @@ use std::path::PathBuf;
 const EXIT_ERROR: i32 = 255;
 
 #[derive(Parser)]
-#[command(
-    name = "bundle",
-    version,
-    about = "Pack an application into one self-executing file for HPC clusters"
-)]
+#[command(name = "bundle", version, about = "Pack an application into one self-executing file for HPC clusters")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a bundle from RPM packages, directories, file lists and files.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show a bundle's metadata.
     Inspect {
         bundle: PathBuf,
@@ -113,19 +109,12 @@ fn main() {
     }
 }
 
-fn build(a: BuildArgs) -> anyhow::Result<()> {
+fn build(a: Box<BuildArgs>) -> anyhow::Result<()> {
     if !a.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&a.block_size) {
-        anyhow::bail!(
-            "--block-size {} must be a power of two from 4096 to 1048576",
-            a.block_size
-        );
+        anyhow::bail!("--block-size {} must be a power of two from 4096 to 1048576", a.block_size);
     }
-    let image = squashfs::Options {
-        level: a.level,
-        block_size: a.block_size,
-        threads: a.threads,
-        ..Default::default()
-    };
+    let image =
+        squashfs::Options { level: a.level, block_size: a.block_size, threads: a.threads, ..Default::default() };
     pipeline::build(&pipeline::BuildRequest {
         rpms: a.rpms,
         dirs: a.dirs,

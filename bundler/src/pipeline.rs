@@ -3,8 +3,8 @@
 use crate::assemble;
 use crate::closure;
 use crate::inputs::{absolute, HostInputs};
-use crate::rpm::RpmInputs;
 use crate::progress::Progress;
+use crate::rpm::RpmInputs;
 use crate::squashfs;
 use crate::stub;
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
@@ -48,39 +48,25 @@ const MOUNT_DIRS: [(&str, u32); 8] = [
     ("/mnt", 0o755),
     ("/etc", 0o755),
 ];
-const MOUNT_FILES: [&str; 5] = [
-    "/etc/passwd",
-    "/etc/group",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/localtime",
-];
+const MOUNT_FILES: [&str; 5] = ["/etc/passwd", "/etc/group", "/etc/hosts", "/etc/resolv.conf", "/etc/localtime"];
 
 pub fn build(req: &BuildRequest) -> Result<()> {
     let epoch = source_date_epoch()?;
     let now = epoch.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
     });
     let mut tree = Tree::new(now);
     // The RPMs' staged contents must outlive the image writing: dropped at the end.
     let (inputs, _staging) = gather(req, &mut tree)?;
     if tree.len() <= 1 && req.includes.is_empty() {
-        bail!(
-            "nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)"
-        );
+        bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)");
     }
     // Chosen from the inputs alone: what the closure adds is never a candidate.
     let entrypoint = match &req.entrypoint {
         Some(e) => e.clone(),
         None => default_entrypoint(&tree)?,
     };
-    let provided = if req.closure {
-        add_closure(req, &mut tree)?
-    } else {
-        Vec::new()
-    };
+    let provided = if req.closure { add_closure(req, &mut tree, &entrypoint)? } else { Vec::new() };
     add_mount_points(&mut tree, now)?;
     if let Some(t) = epoch {
         tree.set_all_mtimes(t);
@@ -139,12 +125,7 @@ fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<Tem
     let mut host = HostInputs::new(tree);
     for d in &req.dirs {
         host.add_root_dir(d)?;
-        inputs.push(Input {
-            kind: "dir".into(),
-            path: absolute(d).display().to_string(),
-            nevra: None,
-            sha256: None,
-        });
+        inputs.push(Input { kind: "dir".into(), path: absolute(d).display().to_string(), nevra: None, sha256: None });
     }
     for l in &req.lists {
         host.add_list(l)?;
@@ -158,17 +139,8 @@ fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<Tem
     for f in &req.files {
         host.add_file_spec(f)?;
         let src = Path::new(f.split_once('=').map_or(f.as_str(), |(s, _)| s));
-        let sha256 = if src.is_file() {
-            Some(file_sha256(src)?)
-        } else {
-            None
-        };
-        inputs.push(Input {
-            kind: "file".into(),
-            path: absolute(src).display().to_string(),
-            nevra: None,
-            sha256,
-        });
+        let sha256 = if src.is_file() { Some(file_sha256(src)?) } else { None };
+        inputs.push(Input { kind: "file".into(), path: absolute(src).display().to_string(), nevra: None, sha256 });
     }
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
@@ -181,21 +153,17 @@ fn default_entrypoint(tree: &Tree) -> Result<String> {
     let candidates = executables_in_bin(tree);
     match candidates.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!(
-            "no entrypoint: the inputs have no executable in a bin or sbin directory; give one with -e PATH"
-        ),
-        many => bail!(
-            "more than one possible entrypoint, choose one with -e: {}",
-            many.join(", ")
-        ),
+        [] => bail!("no entrypoint: the inputs have no executable in a bin or sbin directory; give one with -e PATH"),
+        many => bail!("more than one possible entrypoint, choose one with -e: {}", many.join(", ")),
     }
 }
 
 /// Libraries, interpreters and plugins from the build host; returns what was added.
-fn add_closure(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<ProvidedFile>> {
+fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<Vec<ProvidedFile>> {
     let opts = closure::Options {
         allow_missing: req.allow_missing,
         includes: req.includes.clone(),
+        entrypoint: Some(entrypoint.to_string()),
     };
     let before = tree.len();
     let outcome = closure::complete(tree, &opts)?;
@@ -209,11 +177,9 @@ fn add_closure(req: &BuildRequest, tree: &mut Tree) -> Result<Vec<ProvidedFile>>
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum();
-    eprintln!(
-        "bundle: closure: {} entries added from the build host ({})",
-        tree.len() - before,
-        human(bytes)
-    );
+    if tree.len() > before {
+        eprintln!("bundle: closure: {} entries added from the build host ({})", tree.len() - before, human(bytes));
+    }
     Ok(outcome.provided)
 }
 
@@ -221,34 +187,14 @@ fn add_mount_points(tree: &mut Tree, mtime: u32) -> Result<()> {
     for (dir, mode) in MOUNT_DIRS {
         let p = ImagePath::new(dir).map_err(anyhow::Error::msg)?;
         if tree.get(&p).is_none() {
-            tree.insert(
-                p,
-                Entry {
-                    kind: Kind::Dir,
-                    mode,
-                    uid: 0,
-                    gid: 0,
-                    mtime,
-                },
-            )
-            .map_err(anyhow::Error::msg)?;
+            tree.insert(p, Entry { kind: Kind::Dir, mode, uid: 0, gid: 0, mtime }).map_err(anyhow::Error::msg)?;
         }
     }
     for file in MOUNT_FILES {
         let p = ImagePath::new(file).map_err(anyhow::Error::msg)?;
         if tree.get(&p).is_none() {
             let empty = Kind::File(Source::Bytes(Arc::from(&b""[..])));
-            tree.insert(
-                p,
-                Entry {
-                    kind: empty,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    mtime,
-                },
-            )
-            .map_err(anyhow::Error::msg)?;
+            tree.insert(p, Entry { kind: empty, mode: 0o644, uid: 0, gid: 0, mtime }).map_err(anyhow::Error::msg)?;
         }
     }
     Ok(())
@@ -263,20 +209,14 @@ fn check_entrypoint(tree: &Tree, entry: &str) -> Result<String> {
     let mut path = ImagePath::new(entry).map_err(anyhow::Error::msg)?;
     for _ in 0..40 {
         match tree.get(&path).map(|e| (&e.kind, e.mode)) {
-            Some((Kind::File(_) | Kind::HardLink(_), mode)) if mode & 0o111 != 0 => {
-                return Ok(entry.to_string())
-            }
+            Some((Kind::File(_) | Kind::HardLink(_), mode)) if mode & 0o111 != 0 => return Ok(entry.to_string()),
             Some((Kind::File(_) | Kind::HardLink(_), _)) => {
                 bail!("the entrypoint {entry} is not executable (mode has no x bit)")
             }
             Some((Kind::Symlink(target), _)) => {
                 let base = path.parent().unwrap_or_else(ImagePath::root);
-                path = if target.is_absolute() {
-                    ImagePath::new(target)
-                } else {
-                    resolve_relative(&base, target)
-                }
-                .map_err(anyhow::Error::msg)?;
+                path = if target.is_absolute() { ImagePath::new(target) } else { resolve_relative(&base, target) }
+                    .map_err(anyhow::Error::msg)?;
             }
             _ => break,
         }
@@ -284,11 +224,7 @@ fn check_entrypoint(tree: &Tree, entry: &str) -> Result<String> {
     let candidates = executables_in_bin(tree);
     bail!(
         "the entrypoint {entry} is not an executable file in the image{}",
-        if candidates.is_empty() {
-            String::new()
-        } else {
-            format!("; candidates: {}", candidates.join(", "))
-        }
+        if candidates.is_empty() { String::new() } else { format!("; candidates: {}", candidates.join(", ")) }
     )
 }
 
@@ -310,10 +246,7 @@ fn resolve_relative(base: &ImagePath, target: &Path) -> Result<ImagePath, String
 pub fn executables_in_bin(tree: &Tree) -> Vec<String> {
     tree.iter()
         .filter(|(p, e)| {
-            let in_bin = p
-                .parent()
-                .and_then(|d| d.file_name().map(|n| n == "bin" || n == "sbin"))
-                .unwrap_or(false);
+            let in_bin = p.parent().and_then(|d| d.file_name().map(|n| n == "bin" || n == "sbin")).unwrap_or(false);
             in_bin
                 && matches!(e.kind, Kind::File(_) | Kind::HardLink(_) | Kind::Symlink(_))
                 && (e.mode & 0o111 != 0 || matches!(e.kind, Kind::Symlink(_)))
@@ -335,10 +268,8 @@ fn parse_pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>>
 fn source_date_epoch() -> Result<Option<u32>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => {
-            let t: u64 = v
-                .trim()
-                .parse()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"))?;
+            let t: u64 =
+                v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds"))?;
             Ok(Some(t.min(u32::MAX as u64) as u32))
         }
         _ => Ok(None),
@@ -383,30 +314,14 @@ mod tests {
 
     fn exe(tree: &mut Tree, p: &str, mode: u32) {
         let kind = Kind::File(Source::Bytes(Arc::from(&b"#!/bin/sh\n"[..])));
-        tree.insert(
-            ImagePath::new(p).unwrap(),
-            Entry {
-                kind,
-                mode,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-            },
-        )
-        .unwrap();
+        tree.insert(ImagePath::new(p).unwrap(), Entry { kind, mode, uid: 0, gid: 0, mtime: 0 }).unwrap();
     }
 
     #[test]
     fn entrypoint_through_symlinks_inside_the_image() {
         let mut t = Tree::new(0);
         exe(&mut t, "/usr/bin/app", 0o755);
-        let link = Entry {
-            kind: Kind::Symlink("../usr/bin/app".into()),
-            mode: 0o777,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-        };
+        let link = Entry { kind: Kind::Symlink("../usr/bin/app".into()), mode: 0o777, uid: 0, gid: 0, mtime: 0 };
         t.insert(ImagePath::new("/bin/app").unwrap(), link).unwrap();
         assert_eq!(check_entrypoint(&t, "/bin/app").unwrap(), "/bin/app");
     }
@@ -418,10 +333,7 @@ mod tests {
         exe(&mut t, "/usr/share/data", 0o644);
         let err = check_entrypoint(&t, "/bin/nope").unwrap_err().to_string();
         assert!(err.contains("candidates: /usr/bin/app"), "{err}");
-        assert!(check_entrypoint(&t, "/usr/share/data")
-            .unwrap_err()
-            .to_string()
-            .contains("not executable"));
+        assert!(check_entrypoint(&t, "/usr/share/data").unwrap_err().to_string().contains("not executable"));
         assert!(check_entrypoint(&t, "bin/app").is_err());
     }
 }
