@@ -57,7 +57,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     });
     let mut tree = Tree::new(now);
     // The RPMs' staged contents must outlive the image writing: dropped at the end.
-    let (inputs, _staging) = gather(req, &mut tree)?;
+    let (inputs, _staging) = gather(req, &mut tree, epoch.is_some())?;
     if tree.len() <= 1 && req.includes.is_empty() {
         bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)");
     }
@@ -95,12 +95,13 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     let written = assemble::write_bundle(&req.output, &stub, &tree, &metadata, &opts, &progress)?;
     progress.finish();
     eprintln!(
-        "bundle: wrote {} ({} entries, image {} at offset {}, {} in all)",
+        "bundle: wrote {} ({} entries, image {} at offset {}, {} in all, image sha256 {})",
         req.output.display(),
         tree.len(),
         human(written.image_size),
         written.image_offset,
-        human(written.total)
+        human(written.total),
+        written.image_sha256
     );
     Ok(())
 }
@@ -108,7 +109,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
 /// Adds every input to the tree. RPMs go first, so that `--dir`, `--files` and `--file`
 /// can override a packaged file. Returns the provenance records and, when there are RPMs,
 /// the staging directory holding their extracted contents.
-fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<TempDir>)> {
+fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Vec<Input>, Option<TempDir>)> {
     let mut inputs = Vec::new();
     let staging = if req.rpms.is_empty() {
         None
@@ -125,13 +126,13 @@ fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<Tem
     let mut host = HostInputs::new(tree);
     for d in &req.dirs {
         host.add_root_dir(d)?;
-        inputs.push(Input { kind: "dir".into(), path: absolute(d).display().to_string(), nevra: None, sha256: None });
+        inputs.push(Input { kind: "dir".into(), path: recorded(d, reproducible, false), nevra: None, sha256: None });
     }
     for l in &req.lists {
         host.add_list(l)?;
         inputs.push(Input {
             kind: "files".into(),
-            path: absolute(l).display().to_string(),
+            path: recorded(l, reproducible, true),
             nevra: None,
             sha256: Some(file_sha256(l)?),
         });
@@ -140,7 +141,7 @@ fn gather(req: &BuildRequest, tree: &mut Tree) -> Result<(Vec<Input>, Option<Tem
         host.add_file_spec(f)?;
         let src = Path::new(f.split_once('=').map_or(f.as_str(), |(s, _)| s));
         let sha256 = if src.is_file() { Some(file_sha256(src)?) } else { None };
-        inputs.push(Input { kind: "file".into(), path: absolute(src).display().to_string(), nevra: None, sha256 });
+        inputs.push(Input { kind: "file".into(), path: recorded(src, reproducible, true), nevra: None, sha256 });
     }
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
@@ -181,6 +182,18 @@ fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<
         eprintln!("bundle: closure: {} entries added from the build host ({})", tree.len() - before, human(bytes));
     }
     Ok(outcome.provided)
+}
+
+/// How an input on the build host is named in the metadata. A reproducible build
+/// (`SOURCE_DATE_EPOCH` set) must not depend on where it ran, so it records no host
+/// path: a file by its name (its sha256 identifies it), a directory not at all (the
+/// image digest stands for its content). Otherwise the absolute path.
+fn recorded(p: &Path, reproducible: bool, is_file: bool) -> String {
+    match (reproducible, is_file) {
+        (false, _) => absolute(p).display().to_string(),
+        (true, true) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        (true, false) => String::new(),
+    }
 }
 
 fn add_mount_points(tree: &mut Tree, mtime: u32) -> Result<()> {

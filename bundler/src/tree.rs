@@ -116,14 +116,17 @@ impl Tree {
         Tree { entries }
     }
 
-    /// Adds or replaces an entry, creating missing parent directories with `dir_template`'s
-    /// owner, mode and time. Fails if a parent exists but is not a directory.
+    /// Adds or replaces an entry, creating missing parent directories (root-owned, 0755,
+    /// with the entry's time). Fails if a parent exists but is not a directory, or if a
+    /// directory that already holds entries would be replaced by something else.
     pub fn insert(&mut self, path: ImagePath, entry: Entry) -> Result<(), String> {
         self.ensure_parents(&path, entry.mtime)?;
-        if path.is_root() {
-            if entry.kind != Kind::Dir {
-                return Err("the image root must be a directory".into());
-            }
+        if path.is_root() && entry.kind != Kind::Dir {
+            return Err("the image root must be a directory".into());
+        }
+        let was_dir = self.entries.get(&path).is_some_and(|e| e.kind == Kind::Dir);
+        if was_dir && entry.kind != Kind::Dir && self.children(&path).next().is_some() {
+            return Err(format!("{} is a directory with contents, it cannot become a file or link", path.absolute()));
         }
         self.entries.insert(path, entry);
         Ok(())
@@ -192,9 +195,6 @@ impl Tree {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 
     /// Sets every time to `mtime` (reproducible builds with `SOURCE_DATE_EPOCH`).
     pub fn set_all_mtimes(&mut self, mtime: u32) {
@@ -242,6 +242,14 @@ mod tests {
             .map(|(p, _)| p.absolute())
             .collect();
         assert_eq!(root, ["/a", "/ab"]);
+    }
+
+    #[test]
+    fn a_directory_with_contents_is_not_replaced_by_a_file() {
+        let mut t = Tree::new(1);
+        t.insert(ImagePath::new("/a/b").unwrap(), file()).unwrap();
+        let err = t.insert(ImagePath::new("/a").unwrap(), file()).unwrap_err();
+        assert!(err.contains("/a is a directory with contents"), "{err}");
     }
 
     #[test]
