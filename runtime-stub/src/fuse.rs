@@ -212,21 +212,17 @@ impl ImageFs {
         })
     }
 
-    fn children(&self, ino: INodeNo) -> Vec<(u64, FileType, OsString)> {
-        let mut out = Vec::new();
-        if let Some(id) = self.node(ino) {
-            for &c in &self.image.children[id] {
-                let kind = self.attr(INodeNo(c as u64 + 1)).map_or(FileType::RegularFile, |a| a.kind);
-                out.push((c as u64 + 1, kind, self.image.name(c).to_owned()));
-            }
+    /// Inode numbers of a directory's entries, image entries first, then mount points.
+    fn children(&self, ino: INodeNo) -> impl Iterator<Item = u64> + '_ {
+        let image = self.node(ino).map(|id| &self.image.children[id][..]).unwrap_or(&[]);
+        image.iter().map(|&c| c as u64 + 1).chain(self.extra_children.get(&ino.0).into_iter().flatten().copied())
+    }
+
+    fn name(&self, ino: u64) -> &OsStr {
+        match self.node(INodeNo(ino)) {
+            Some(id) => self.image.name(id),
+            None => self.extra(INodeNo(ino)).map_or(OsStr::new(""), |e| e.1.as_os_str()),
         }
-        for &c in self.extra_children.get(&ino.0).into_iter().flatten() {
-            if let Some((_, name, k)) = self.extra(INodeNo(c)) {
-                let kind = if *k == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
-                out.push((c, kind, name.clone()));
-            }
-        }
-        out
     }
 
     fn parent_of(&self, ino: INodeNo) -> u64 {
@@ -302,14 +298,14 @@ impl Filesystem for ImageFs {
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
     }
 
+    /// `offset` is the index of the next entry: the kernel resumes a large directory
+    /// where the last reply ended, so each call costs only what it returns.
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let mut entries = vec![
-            (ino.0, FileType::Directory, OsString::from(".")),
-            (self.parent_of(ino), FileType::Directory, OsString::from("..")),
-        ];
-        entries.extend(self.children(ino));
-        for (i, (child, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, kind, &name) {
+        let dots = [(ino.0, OsStr::new(".")), (self.parent_of(ino), OsStr::new(".."))];
+        let entries = dots.into_iter().chain(self.children(ino).map(|c| (c, self.name(c))));
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
+            let kind = self.attr(INodeNo(child)).map_or(FileType::RegularFile, |a| a.kind);
+            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
                 break;
             }
         }

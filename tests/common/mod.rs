@@ -596,6 +596,21 @@ pub struct Running {
     stdout_eof: bool,
 }
 
+/// Spawns `cmd`, retrying on ETXTBSY: a file just written by this test can still be open
+/// for writing in a child that another test thread forked and has not yet exec'ed.
+pub fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Running {
     pub fn spawn(cmd: &mut Command) -> Running {
         Running::spawn_with(cmd, false)
@@ -606,7 +621,7 @@ impl Running {
         cmd.stdin(if piped_stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut child = spawn_retrying(cmd).unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let (tx, lines) = mpsc::channel();
         let mut out = BufReader::new(child.stdout.take().unwrap());
         thread::spawn(move || loop {
