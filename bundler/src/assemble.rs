@@ -42,8 +42,7 @@ pub fn write_bundle(
     f.write_all(stub).context("cannot write the runtime stub")?;
     let image_offset = align_up(stub.len() as u64);
     f.seek(SeekFrom::Start(image_offset))?;
-    squashfs::write_image(tree, f, opts, &|n| progress.set(n))
-        .context("cannot write the squashfs image")?;
+    squashfs::write_image(tree, f, opts, &|n| progress.set(n)).context("cannot write the squashfs image")?;
     let image_end = f.stream_position()?;
     let image_size = image_end - image_offset;
     let image_sha256 = digest_region(f, image_offset, image_size)?;
@@ -62,14 +61,8 @@ pub fn write_bundle(
     f.write_all(&trailer.encode())?;
     let total = f.stream_position()?;
     f.set_permissions(Permissions::from_mode(0o755))?;
-    tmp.persist(out)
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    Ok(Written {
-        image_offset,
-        image_size,
-        total,
-        image_sha256: bundle_format::hex(&image_sha256),
-    })
+    tmp.persist(out).with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(Written { image_offset, image_size, total, image_sha256: bundle_format::hex(&image_sha256) })
 }
 
 fn digest_region(f: &File, offset: u64, len: u64) -> Result<[u8; 32]> {

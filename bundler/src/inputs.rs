@@ -21,17 +21,12 @@ pub struct HostInputs<'t> {
 
 impl<'t> HostInputs<'t> {
     pub fn new(tree: &'t mut Tree) -> Self {
-        HostInputs {
-            tree,
-            links: HashMap::new(),
-            warnings: Vec::new(),
-        }
+        HostInputs { tree, links: HashMap::new(), warnings: Vec::new() }
     }
 
     /// The whole tree under `root` becomes the image root.
     pub fn add_root_dir(&mut self, root: &Path) -> Result<()> {
-        let meta = fs::metadata(root)
-            .with_context(|| format!("cannot read directory {}", root.display()))?;
+        let meta = fs::metadata(root).with_context(|| format!("cannot read directory {}", root.display()))?;
         if !meta.is_dir() {
             bail!("{} is not a directory", root.display());
         }
@@ -41,8 +36,7 @@ impl<'t> HostInputs<'t> {
     /// A file list: one `SRC` or `SRC=DEST` a line; blank lines and `#` comments are
     /// skipped. A relative SRC is taken from the list's own directory.
     pub fn add_list(&mut self, list: &Path) -> Result<()> {
-        let text = fs::read_to_string(list)
-            .with_context(|| format!("cannot read file list {}", list.display()))?;
+        let text = fs::read_to_string(list).with_context(|| format!("cannot read file list {}", list.display()))?;
         let base = list.parent().unwrap_or(Path::new("."));
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -50,8 +44,7 @@ impl<'t> HostInputs<'t> {
                 continue;
             }
             let (src, dest) = split_spec(line);
-            self.add_spec(&base.join(src), dest)
-                .with_context(|| format!("{}:{}: {line}", list.display(), n + 1))?;
+            self.add_spec(&base.join(src), dest).with_context(|| format!("{}:{}: {line}", list.display(), n + 1))?;
         }
         Ok(())
     }
@@ -66,39 +59,24 @@ impl<'t> HostInputs<'t> {
         let dest = match dest {
             Some(d) => d.to_string(),
             None if src.is_absolute() => src.to_string_lossy().into_owned(),
-            None => bail!(
-                "{}: a relative source needs a destination (SRC=DEST)",
-                src.display()
-            ),
+            None => bail!("{}: a relative source needs a destination (SRC=DEST)", src.display()),
         };
         let dest = ImagePath::new(&dest).map_err(anyhow::Error::msg)?;
         if dest.is_root() && !src.is_dir() {
-            bail!(
-                "{}: only a directory can become the image root",
-                src.display()
-            );
+            bail!("{}: only a directory can become the image root", src.display());
         }
         self.add_path(src, &dest)
     }
 
     /// Adds `src` (recursively if it is a directory, not following symlinks) at `dest`.
     fn add_path(&mut self, src: &Path, dest: &ImagePath) -> Result<()> {
-        let meta =
-            fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+        let meta = fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
         let Some(kind) = self.kind_of(src, &meta, dest)? else {
             return Ok(());
         };
         let is_dir = kind == Kind::Dir;
-        let entry = Entry {
-            kind,
-            mode: meta.mode() & 0o7777,
-            uid: 0,
-            gid: 0,
-            mtime: clamp_time(meta.mtime()),
-        };
-        self.tree
-            .insert(dest.clone(), entry)
-            .map_err(anyhow::Error::msg)?;
+        let entry = Entry { kind, mode: meta.mode() & 0o7777, uid: 0, gid: 0, mtime: clamp_time(meta.mtime()) };
+        self.tree.insert(dest.clone(), entry).map_err(anyhow::Error::msg)?;
         if is_dir {
             let mut names: Vec<_> = fs::read_dir(src)
                 .with_context(|| format!("cannot list {}", src.display()))?
@@ -119,10 +97,7 @@ impl<'t> HostInputs<'t> {
         Ok(Some(if t.is_dir() {
             Kind::Dir
         } else if t.is_symlink() {
-            Kind::Symlink(
-                fs::read_link(src)
-                    .with_context(|| format!("cannot read link {}", src.display()))?,
-            )
+            Kind::Symlink(fs::read_link(src).with_context(|| format!("cannot read link {}", src.display()))?)
         } else if t.is_file() {
             if meta.nlink() > 1 {
                 if let Some(first) = self.links.get(&(meta.dev(), meta.ino())) {
@@ -141,8 +116,7 @@ impl<'t> HostInputs<'t> {
             } else {
                 "socket"
             };
-            self.warnings
-                .push(format!("skipped {what} {}", src.display()));
+            self.warnings.push(format!("skipped {what} {}", src.display()));
             return Ok(None);
         }))
     }
@@ -183,10 +157,7 @@ mod tests {
         inputs.add_root_dir(r).unwrap();
         let get = |p: &str| tree.get(&ImagePath::new(p).unwrap()).unwrap().kind.clone();
         assert!(matches!(get("/bin/a"), Kind::File(_)));
-        assert_eq!(
-            get("/bin/b"),
-            Kind::HardLink(ImagePath::new("/bin/a").unwrap())
-        );
+        assert_eq!(get("/bin/b"), Kind::HardLink(ImagePath::new("/bin/a").unwrap()));
         assert_eq!(get("/bin/c"), Kind::Symlink("a".into()));
     }
 
@@ -196,9 +167,7 @@ mod tests {
         fs::write(d.path().join("tool"), "x").unwrap();
         fs::write(d.path().join("list"), "# comment\n\ntool=/usr/bin/tool\n").unwrap();
         let mut tree = Tree::new(0);
-        HostInputs::new(&mut tree)
-            .add_list(&d.path().join("list"))
-            .unwrap();
+        HostInputs::new(&mut tree).add_list(&d.path().join("list")).unwrap();
         assert!(tree.contains(&ImagePath::new("/usr/bin/tool").unwrap()));
     }
 

@@ -21,14 +21,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
     println!("bundle:      {}", path.display());
     println!("format:      version {}, built by {}", t.version, m.bundler);
     println!("created:     {} (seconds since the epoch)", m.created);
-    println!(
-        "entrypoint:  {}",
-        if m.entrypoint.is_empty() {
-            "(none)".into()
-        } else {
-            m.entrypoint.join(" ")
-        }
-    );
+    println!("entrypoint:  {}", if m.entrypoint.is_empty() { "(none)".into() } else { m.entrypoint.join(" ") });
     println!(
         "image:       {} at offset {}, {} entries, {} level {}, {} KiB blocks",
         human(t.image_size),
@@ -47,11 +40,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
     }
     for i in &m.inputs {
         let id = i.nevra.as_deref().unwrap_or(&i.path);
-        let sha = i
-            .sha256
-            .as_deref()
-            .map(|s| format!(" sha256:{s}"))
-            .unwrap_or_default();
+        let sha = i.sha256.as_deref().map(|s| format!(" sha256:{s}")).unwrap_or_default();
         println!("input:       {} {id}{sha}", i.kind);
     }
     for p in &m.provided {
@@ -59,11 +48,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
             "provided:    {} from {}{}",
             p.path,
             p.source,
-            if p.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", p.reason)
-            }
+            if p.reason.is_empty() { String::new() } else { format!(" ({})", p.reason) }
         );
     }
     Ok(())
@@ -71,21 +56,15 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
 
 pub fn verify(path: &Path) -> Result<()> {
     let b = open(path)?;
-    b.verify_image()
-        .with_context(|| format!("{}", path.display()))?;
-    println!(
-        "{}: ok (image sha256 {}, metadata sha256 ok)",
-        path.display(),
-        b.image_digest()
-    );
+    b.verify_image().with_context(|| format!("{}", path.display()))?;
+    println!("{}: ok (image sha256 {}, metadata sha256 ok)", path.display(), b.image_digest());
     Ok(())
 }
 
 /// One line per entry, like `tar tv`: mode, owner, size, path, link target.
 pub fn list(path: &Path) -> Result<()> {
     let b = open(path)?;
-    let image = Image::open(&b.file, b.trailer.image_offset)
-        .with_context(|| format!("{}", path.display()))?;
+    let image = Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))?;
     let mut out = String::new();
     for n in &image.nodes {
         let (t, size, link) = match &n.inner {
@@ -112,14 +91,9 @@ pub fn list(path: &Path) -> Result<()> {
 
 pub fn extract(path: &Path, dir: &Path) -> Result<()> {
     let b = open(path)?;
-    let image = Image::open(&b.file, b.trailer.image_offset)
-        .with_context(|| format!("{}", path.display()))?;
+    let image = Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))?;
     extract::to_dir(&image, dir).with_context(|| format!("cannot extract {}", path.display()))?;
-    eprintln!(
-        "bundle: extracted {} entries into {}",
-        image.nodes.len(),
-        dir.display()
-    );
+    eprintln!("bundle: extracted {} entries into {}", image.nodes.len(), dir.display());
     Ok(())
 }
 

@@ -219,41 +219,19 @@ fn check_entrypoint(tree: &Tree, entry: &str) -> Result<String> {
     if !entry.starts_with('/') {
         bail!("the entrypoint must be an absolute path inside the image, not `{entry}`");
     }
-    let mut path = ImagePath::new(entry).map_err(anyhow::Error::msg)?;
-    for _ in 0..40 {
-        match tree.get(&path).map(|e| (&e.kind, e.mode)) {
-            Some((Kind::File(_) | Kind::HardLink(_), mode)) if mode & 0o111 != 0 => return Ok(entry.to_string()),
-            Some((Kind::File(_) | Kind::HardLink(_), _)) => {
-                bail!("the entrypoint {entry} is not executable (mode has no x bit)")
-            }
-            Some((Kind::Symlink(target), _)) => {
-                let base = path.parent().unwrap_or_else(ImagePath::root);
-                path = if target.is_absolute() { ImagePath::new(target) } else { resolve_relative(&base, target) }
-                    .map_err(anyhow::Error::msg)?;
-            }
-            _ => break,
+    match closure::resolve(tree, Path::new(entry)).and_then(|p| tree.get(&p)) {
+        Some(e) if matches!(e.kind, Kind::File(_)) && e.mode & 0o111 != 0 => Ok(entry.to_string()),
+        Some(e) if matches!(e.kind, Kind::File(_)) => {
+            bail!("the entrypoint {entry} is not executable (mode has no x bit)")
+        }
+        _ => {
+            let candidates = executables_in_bin(tree);
+            bail!(
+                "the entrypoint {entry} is not an executable file in the image{}",
+                if candidates.is_empty() { String::new() } else { format!("; candidates: {}", candidates.join(", ")) }
+            )
         }
     }
-    let candidates = executables_in_bin(tree);
-    bail!(
-        "the entrypoint {entry} is not an executable file in the image{}",
-        if candidates.is_empty() { String::new() } else { format!("; candidates: {}", candidates.join(", ")) }
-    )
-}
-
-/// `..` in a symlink target is resolved against the image root, never above it.
-fn resolve_relative(base: &ImagePath, target: &Path) -> Result<ImagePath, String> {
-    let mut p = base.as_path().to_path_buf();
-    for c in target.components() {
-        match c {
-            std::path::Component::ParentDir => {
-                p.pop();
-            }
-            std::path::Component::Normal(s) => p.push(s),
-            _ => {}
-        }
-    }
-    ImagePath::new(p)
 }
 
 pub fn executables_in_bin(tree: &Tree) -> Vec<String> {

@@ -12,11 +12,9 @@ impl Progress {
         }
         let bar = ProgressBar::new(total);
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
         Progress(Some(bar))

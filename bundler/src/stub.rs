@@ -21,10 +21,8 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
     let dir = exe.parent().unwrap_or(Path::new("."));
     let candidates = [
         dir.join(STUB_NAME),
-        dir.join("../x86_64-unknown-linux-musl/stub")
-            .join(STUB_NAME),
-        dir.join("../../x86_64-unknown-linux-musl/stub")
-            .join(STUB_NAME),
+        dir.join("../x86_64-unknown-linux-musl/stub").join(STUB_NAME),
+        dir.join("../../x86_64-unknown-linux-musl/stub").join(STUB_NAME),
     ];
     // A cargo build of the workspace also leaves a dynamically linked host build of the
     // stub next to `bundle`: only a static one will do.
@@ -42,8 +40,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
 
 /// Reads the stub and checks that it is an ELF executable and not itself a bundle.
 pub fn load(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read runtime stub {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read runtime stub {}", path.display()))?;
     if !bytes.starts_with(b"\x7fELF") {
         bail!("runtime stub {} is not an ELF executable", path.display());
     }
@@ -65,11 +62,7 @@ pub fn load(path: &Path) -> Result<Vec<u8>> {
 /// An ELF file without a program interpreter (PT_INTERP) needs no dynamic loader.
 fn is_static_elf(bytes: &[u8]) -> bool {
     match goblin::elf::Elf::parse(bytes) {
-        Ok(elf) => {
-            elf.interpreter.is_none()
-                && elf.is_64
-                && elf.header.e_machine == goblin::elf::header::EM_X86_64
-        }
+        Ok(elf) => elf.interpreter.is_none() && elf.is_64 && elf.header.e_machine == goblin::elf::header::EM_X86_64,
         Err(_) => false,
     }
 }

@@ -24,9 +24,7 @@ impl ImagePath {
                 Component::RootDir | Component::CurDir => {}
                 Component::Normal(s) => out.push(s),
                 Component::ParentDir => return Err(format!("path {} contains `..`", p.display())),
-                Component::Prefix(_) => {
-                    return Err(format!("path {} is not a Unix path", p.display()))
-                }
+                Component::Prefix(_) => return Err(format!("path {} is not a Unix path", p.display())),
             }
         }
         Ok(ImagePath(out))
@@ -103,16 +101,7 @@ impl Tree {
     /// An empty tree holding only its root directory (mode 0755, root-owned).
     pub fn new(mtime: u32) -> Tree {
         let mut entries = BTreeMap::new();
-        entries.insert(
-            ImagePath::root(),
-            Entry {
-                kind: Kind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime,
-            },
-        );
+        entries.insert(ImagePath::root(), Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime });
         Tree { entries }
     }
 
@@ -138,13 +127,7 @@ impl Tree {
         while let Some(p) = cur {
             match self.entries.get(&p) {
                 Some(e) if e.kind == Kind::Dir => break,
-                Some(_) => {
-                    return Err(format!(
-                        "{} is not a directory, cannot hold {}",
-                        p.absolute(),
-                        path.absolute()
-                    ))
-                }
+                Some(_) => return Err(format!("{} is not a directory, cannot hold {}", p.absolute(), path.absolute())),
                 None => {
                     cur = p.parent();
                     missing.push(p);
@@ -152,16 +135,7 @@ impl Tree {
             }
         }
         for p in missing {
-            self.entries.insert(
-                p,
-                Entry {
-                    kind: Kind::Dir,
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    mtime,
-                },
-            );
+            self.entries.insert(p, Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime });
         }
         Ok(())
     }
@@ -180,10 +154,7 @@ impl Tree {
     }
 
     /// Direct children of `dir`, in name order.
-    pub fn children<'a>(
-        &'a self,
-        dir: &'a ImagePath,
-    ) -> impl Iterator<Item = (&'a ImagePath, &'a Entry)> + 'a {
+    pub fn children<'a>(&'a self, dir: &'a ImagePath) -> impl Iterator<Item = (&'a ImagePath, &'a Entry)> + 'a {
         self.entries
             .range(dir.clone()..)
             .skip(1)
@@ -194,7 +165,6 @@ impl Tree {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
 
     /// Sets every time to `mtime` (reproducible builds with `SOURCE_DATE_EPOCH`).
     pub fn set_all_mtimes(&mut self, mtime: u32) {
@@ -209,21 +179,12 @@ mod tests {
     use super::*;
 
     fn file() -> Entry {
-        Entry {
-            kind: Kind::File(Source::Bytes(Arc::from(&b"x"[..]))),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-        }
+        Entry { kind: Kind::File(Source::Bytes(Arc::from(&b"x"[..]))), mode: 0o644, uid: 0, gid: 0, mtime: 1 }
     }
 
     #[test]
     fn image_paths_are_normalised_and_reject_dotdot() {
-        assert_eq!(
-            ImagePath::new("/usr/./bin/").unwrap().as_path(),
-            Path::new("usr/bin")
-        );
+        assert_eq!(ImagePath::new("/usr/./bin/").unwrap().as_path(), Path::new("usr/bin"));
         assert!(ImagePath::new("usr/../../etc").is_err());
         assert!(ImagePath::new("/").unwrap().is_root());
     }
@@ -237,10 +198,7 @@ mod tests {
         let a = ImagePath::new("a").unwrap();
         let names: Vec<_> = t.children(&a).map(|(p, _)| p.absolute()).collect();
         assert_eq!(names, ["/a/b", "/a/d"]);
-        let root: Vec<_> = t
-            .children(&ImagePath::root())
-            .map(|(p, _)| p.absolute())
-            .collect();
+        let root: Vec<_> = t.children(&ImagePath::root()).map(|(p, _)| p.absolute()).collect();
         assert_eq!(root, ["/a", "/ab"]);
     }
 

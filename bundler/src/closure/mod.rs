@@ -19,6 +19,8 @@ mod script;
 mod search;
 mod view;
 
+pub use view::resolve;
+
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
 use anyhow::{bail, Context, Result};
 use bundle_format::ProvidedFile;
@@ -28,7 +30,7 @@ use search::{Found, Requester, Search};
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use view::{resolve, HostView, TreeView, View};
+use view::{HostView, TreeView, View};
 
 pub struct Options {
     /// Build even if libraries are missing (with a warning naming them).

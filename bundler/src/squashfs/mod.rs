@@ -54,13 +54,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options {
-            level: ZSTD_DEFAULT_LEVEL,
-            block_size: 128 * 1024,
-            threads: 0,
-            mkfs_time: 0,
-            tail_ends: false,
-        }
+        Options { level: ZSTD_DEFAULT_LEVEL, block_size: 128 * 1024, threads: 0, mkfs_time: 0, tail_ends: false }
     }
 }
 
@@ -70,10 +64,7 @@ impl Options {
             bail!("zstd level {} is not between 1 and 22", self.level);
         }
         if !self.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&self.block_size) {
-            bail!(
-                "block size {} is not a power of two from 4 KiB to 1 MiB",
-                self.block_size
-            );
+            bail!("block size {} is not a power of two from 4 KiB to 1 MiB", self.block_size);
         }
         Ok(())
     }
@@ -101,17 +92,10 @@ pub struct Stats {
 /// image is relative to that start. Leaves `out` positioned at the end of the image, which
 /// is padded to a multiple of 4 KiB. `progress` gets the bytes of file content consumed so
 /// far, from another thread.
-pub fn write_image(
-    tree: &Tree,
-    out: &mut File,
-    opts: &Options,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Stats> {
+pub fn write_image(tree: &Tree, out: &mut File, opts: &Options, progress: &(dyn Fn(u64) + Sync)) -> Result<Stats> {
     opts.check()?;
     let layout = inodes::Layout::new(tree)?;
-    let base = out
-        .stream_position()
-        .context("finding the image's start in the output")?;
+    let base = out.stream_position().context("finding the image's start in the output")?;
     let mut sink = Sink { file: out, pos: 0 };
 
     // The superblock needs the tables' positions: a placeholder now, the real one last.
@@ -159,8 +143,7 @@ pub fn write_image(
         directory_table,
         fragment_table,
     };
-    out.write_all_at(&superblock.encode(), base)
-        .context("writing the squashfs superblock")?;
+    out.write_all_at(&superblock.encode(), base).context("writing the squashfs superblock")?;
     Ok(Stats {
         bytes: bytes_used + padding,
         inodes: u64::from(tables.inode_count),
@@ -182,9 +165,7 @@ impl Sink<'_> {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .context("writing the squashfs image")?;
+        self.file.write_all(bytes).context("writing the squashfs image")?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
