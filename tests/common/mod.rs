@@ -29,6 +29,9 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod mpi;
+pub mod slurm;
+
 /// The unprivileged user the bundles run as when the tests run as root.
 pub const TEST_USER: &str = "bundletest";
 /// The environment variable that tags every process a test starts.
