@@ -95,6 +95,10 @@ struct BuildArgs {
 }
 
 fn main() {
+    // `bundle list app.sif | head` should stop quietly, as `ls | head` does, rather
+    // than panic on a write to a closed pipe.
+    // SAFETY: restoring the default disposition of one signal, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => build(a),

@@ -51,14 +51,12 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let who = Host {
         cwd: cwd.clone(),
         home: std::env::var_os("HOME").map(PathBuf::from),
-        rendezvous: RENDEZVOUS_VARS
-            .iter()
-            .filter_map(std::env::var_os)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .collect(),
+        rendezvous: Vec::new(),
         binds: user_binds(bundle, opts)?,
     };
+    // Only what the standard binds do not already show: Slurm sets TMPDIR=/tmp for some
+    // tasks of a step and not for others, and they must still share one container.
+    let who = Host { rendezvous: uncovered(rendezvous_dirs(), &who), ..who };
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = linger(opts.linger)?;
@@ -145,6 +143,41 @@ fn multicall(bundle: &Bundle) -> Result<Option<PathBuf>> {
         .iter()
         .map(|d| Path::new(d).join(&name))
         .find(|p| matches!(image_found(&image, p), Some(Found::File | Found::Symlink))))
+}
+
+/// The directories the launcher's PMIx server expects its ranks to reach.
+fn rendezvous_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = RENDEZVOUS_VARS.iter().filter_map(std::env::var_os).map(PathBuf::from).collect();
+    dirs.extend(slurm_pmix_client_dir());
+    dirs.retain(|p| p.is_absolute());
+    dirs
+}
+
+/// Under `srun --mpi=pmix`, Open MPI makes its session directory in Slurm's
+/// `PMIxCliTmpDirBase` (from `mpi.conf`), which no variable names: read it where Slurm
+/// keeps its configuration.
+fn slurm_pmix_client_dir() -> Option<PathBuf> {
+    let pmix = std::env::var("PMIX_NAMESPACE").is_ok_and(|ns| ns.starts_with("slurm.pmix."))
+        || std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix"));
+    if !pmix {
+        return None;
+    }
+    let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from).unwrap_or_else(|| "/etc/slurm/slurm.conf".into());
+    let text = fs::read_to_string(conf.parent()?.join("mpi.conf")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("PMIxCliTmpDirBase")).then(|| PathBuf::from(v.trim()))
+    })
+}
+
+/// Leaves out the paths that `/tmp`, the home or the working directory already show.
+fn uncovered(paths: Vec<PathBuf>, who: &Host) -> Vec<PathBuf> {
+    let shown: Vec<&Path> = [Path::new("/tmp"), who.cwd.as_path()]
+        .into_iter()
+        .chain(who.home.as_deref())
+        .filter(|s| *s != Path::new("/"))
+        .collect();
+    paths.into_iter().filter(|p| !shown.iter().any(|s| p.starts_with(s))).collect()
 }
 
 /// The bundle's default binds, then `BUNDLE_BIND` (comma-separated), then the flags.

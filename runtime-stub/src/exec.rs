@@ -10,8 +10,10 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// Variables kept by `--bundle-cleanenv`.
+/// Variables kept by `--bundle-cleanenv`: who and where the user is, and everything a
+/// launcher tells its ranks (without them an MPI rank cannot find its job).
 const CLEAN_KEEP: [&str; 5] = ["HOME", "USER", "LOGNAME", "TERM", "LANG"];
+const CLEAN_KEEP_PREFIXES: [&str; 5] = ["PMIX_", "PMI_", "OMPI_", "PRTE_", "SLURM_"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// `BUNDLEENV_NAME=value` on the host sets `NAME=value` inside.
 const PREFIX: &str = "BUNDLEENV_";
@@ -29,7 +31,7 @@ pub fn environment(
         match k.to_str().and_then(|s| s.strip_prefix(PREFIX)) {
             Some(name) if !name.is_empty() => overrides.push((OsString::from(name), v)),
             Some(_) => {}
-            None if !cleanenv || CLEAN_KEEP.iter().any(|keep| k == *keep) => {
+            None if !cleanenv || kept_clean(&k) => {
                 env.insert(k, v);
             }
             None => {}
@@ -41,6 +43,11 @@ pub fn environment(
     env.extend(bundle.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
     env.extend(overrides);
     env
+}
+
+fn kept_clean(name: &OsString) -> bool {
+    let name = name.to_string_lossy();
+    CLEAN_KEEP.contains(&name.as_ref()) || CLEAN_KEEP_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// As root, the application gets no capabilities and cannot regain any (setuid files
@@ -81,7 +88,14 @@ mod tests {
     use super::*;
 
     fn host() -> Vec<(OsString, OsString)> {
-        [("HOME", "/home/a"), ("PATH", "/host/bin"), ("SECRET", "x"), ("BUNDLEENV_OMP_NUM_THREADS", "4"), ("A", "host")]
+        [
+            ("HOME", "/home/a"),
+            ("PATH", "/host/bin"),
+            ("SECRET", "x"),
+            ("BUNDLEENV_OMP_NUM_THREADS", "4"),
+            ("A", "host"),
+            ("PMIX_NAMESPACE", "job"),
+        ]
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect()
@@ -104,5 +118,6 @@ mod tests {
         assert_eq!(env[std::ffi::OsStr::new("PATH")], DEFAULT_PATH);
         assert!(!env.contains_key(&OsString::from("SECRET")));
         assert_eq!(env[std::ffi::OsStr::new("OMP_NUM_THREADS")], "4");
+        assert_eq!(env[std::ffi::OsStr::new("PMIX_NAMESPACE")], "job");
     }
 }

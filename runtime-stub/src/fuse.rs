@@ -143,6 +143,9 @@ impl ImageFs {
             ImageFs { image, uid: uid.as_raw(), gid: gid.as_raw(), extra: Vec::new(), extra_children: HashMap::new() };
         let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
         for (path, kind) in mount_points {
+            if by_path.contains_key(path) {
+                continue;
+            }
             let parent = path.parent().ok_or_else(|| Error("a mount point cannot be /".into()))?;
             let parent_ino = match by_path.get(parent) {
                 Some(&ino) => ino,

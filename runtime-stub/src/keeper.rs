@@ -136,12 +136,18 @@ impl Member {
 /// that, we still leave, after this long.
 const FIRST_JOIN_GRACE: Duration = Duration::from_secs(10);
 
+/// Serves joins until the last member is gone and the linger is over. The linger ends
+/// early when every launcher that started a member (the batch script's shell, `srun`'s
+/// step daemon, `mpirun`'s node daemon) has exited too: a container never outlives its
+/// job, whatever the process tracking of the resource manager.
 fn serve(listener: UnixListener, ns: &[OwnedFd], linger: Duration) {
     let _ = listener.set_nonblocking(true);
     let me = Uid::effective();
     let mut members: Vec<Member> = Vec::new();
+    let mut launchers: Vec<Member> = Vec::new();
     let mut idle_since = Instant::now();
     let mut patience = linger.max(FIRST_JOIN_GRACE);
+    let mut joined = false;
     loop {
         let timeout = if members.is_empty() {
             patience.saturating_sub(idle_since.elapsed())
@@ -150,20 +156,26 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], linger: Duration) {
         } else {
             Duration::from_secs(3600)
         };
-        wait_for_event(&listener, &members, timeout);
+        wait_for_event(&listener, members.iter().chain(&launchers), timeout);
         while let Ok((stream, _)) = listener.accept() {
             if let Some(pid) = admit(&stream, me, ns) {
+                if let Some(parent) = parent_of(pid).filter(|p| !launchers.iter().any(|l| l.pid == *p)) {
+                    launchers.push(Member::new(parent));
+                }
                 members.push(Member::new(pid));
                 patience = linger;
+                joined = true;
             }
         }
         let before = members.len();
         members.retain(Member::alive);
+        launchers.retain(Member::alive);
         if members.is_empty() {
             if before > 0 {
                 idle_since = Instant::now();
             }
-            if idle_since.elapsed() >= patience {
+            let job_over = joined && launchers.is_empty();
+            if job_over || idle_since.elapsed() >= patience {
                 // Closing the socket frees its name at once; a rank that connected in
                 // the meantime sees it close, and starts a new keeper.
                 return;
@@ -172,9 +184,16 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], linger: Duration) {
     }
 }
 
-fn wait_for_event(listener: &UnixListener, members: &[Member], timeout: Duration) {
+/// The parent of a process (field 4 of /proc/PID/stat).
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Pid::from_raw(ppid))
+}
+
+fn wait_for_event<'a>(listener: &UnixListener, watched: impl Iterator<Item = &'a Member>, timeout: Duration) {
     let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-    fds.extend(members.iter().filter_map(|m| m.pidfd.as_ref()).map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
+    fds.extend(watched.filter_map(|m| m.pidfd.as_ref()).map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)));
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
 }

@@ -155,7 +155,14 @@ pub fn build(
             _ => return Err(format!("cannot bind {}: it does not exist on the host", w.src.display())),
         };
         match place_in_image(&dst, kind, image) {
-            Ok(missing) => plan.mount_points.extend(missing),
+            Ok(missing) => {
+                // Two binds under one missing directory need it made once.
+                for m in missing {
+                    if !plan.mount_points.contains(&m) {
+                        plan.mount_points.push(m);
+                    }
+                }
+            }
             Err(_) if w.optional && !SYSTEM_DIRS.contains(&dst.to_str().unwrap_or("")) => continue,
             Err(why) => return Err(why),
         }
@@ -370,5 +377,24 @@ mod tests {
         let plan = build(&who, &host, &fs(IMAGE)).unwrap();
         assert_eq!(dsts(&plan).last().unwrap(), "/scratch/job");
         assert!(!dsts(&plan).contains(&"/gone".to_string()));
+    }
+
+    #[test]
+    fn binds_under_one_missing_directory_make_it_once() {
+        let who = Host {
+            cwd: "/".into(),
+            rendezvous: vec!["/scratch/job".into()],
+            binds: vec![UserBind::parse("/home/alice:/scratch/other").unwrap()],
+            ..Host::default()
+        };
+        let plan = build(&who, &host, &fs(IMAGE)).unwrap();
+        assert_eq!(
+            plan.mount_points,
+            [
+                (PathBuf::from("/scratch"), Kind::Dir),
+                (PathBuf::from("/scratch/job"), Kind::Dir),
+                (PathBuf::from("/scratch/other"), Kind::Dir)
+            ]
+        );
     }
 }
