@@ -86,35 +86,41 @@ impl Image {
 
     /// Copies up to `buf.len()` bytes of file `id` from `pos`; returns how many.
     pub fn read_at(&self, id: NodeId, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let InnerNode::File(file) = &self.nodes[id].inner else {
-            return Err(io::Error::other("not a regular file"));
-        };
-        let len = file.file_len() as u64;
-        let end = len.min(pos + buf.len() as u64);
-        let bs = self.block_size as u64;
         let mut done = 0usize;
-        let mut at = pos;
-        while at < end {
-            let index = at / bs;
-            let block = self.file_block(id, file, index as usize, len)?;
-            let within = (at - index * bs) as usize;
-            let n = (block.len() - within).min((end - at) as usize);
-            buf[done..done + n].copy_from_slice(&block[within..within + n]);
+        while done < buf.len() {
+            let Some(piece) = self.piece_at(id, pos + done as u64)? else { break };
+            let n = piece.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&piece[..n]);
             done += n;
-            at += n as u64;
         }
         Ok(done)
     }
 
-    /// The decompressed bytes of block `index` of a file: a data block or its fragment tail.
-    fn file_block(&self, id: NodeId, file: &SquashfsFileReader, index: usize, len: u64) -> io::Result<Arc<Vec<u8>>> {
+    /// The bytes of file `id` from `pos` to the end of the block that holds `pos`, without
+    /// a copy (the FUSE server replies straight from it); `None` at or past the end.
+    pub fn piece_at(&self, id: NodeId, pos: u64) -> io::Result<Option<Piece>> {
+        let InnerNode::File(file) = &self.nodes[id].inner else {
+            return Err(io::Error::other("not a regular file"));
+        };
+        let len = file.file_len() as u64;
+        if pos >= len {
+            return Ok(None);
+        }
+        let bs = self.block_size as u64;
+        let index = pos / bs;
+        let Piece { block, start, end } = self.file_block(id, file, index as usize, len)?;
+        Ok(Some(Piece { block, start: start + (pos - index * bs) as usize, end }))
+    }
+
+    /// Block `index` of a file: a data block, or its tail inside a fragment block.
+    fn file_block(&self, id: NodeId, file: &SquashfsFileReader, index: usize, len: u64) -> io::Result<Piece> {
         let bs = self.block_size as u64;
         let sizes = file.block_sizes();
         if index < sizes.len() {
             let size = sizes[index];
             let expect = (len - index as u64 * bs).min(bs) as usize;
             if size.size() == 0 {
-                return Ok(Arc::new(vec![0; expect]));
+                return Ok(Piece::whole(Arc::new(vec![0; expect])));
             }
             let starts = self.block_starts[id].get_or_init(|| {
                 let mut pos = file.blocks_start();
@@ -127,14 +133,20 @@ impl Image {
                     })
                     .collect()
             });
-            return self.block(starts[index], size.size(), !size.uncompressed(), expect);
+            let block = self.block(starts[index], size.size(), !size.uncompressed(), expect)?;
+            if block.len() != expect {
+                return Err(corrupt("a data block has the wrong size"));
+            }
+            return Ok(Piece::whole(block));
         }
         let frag = self.fragments.get(file.frag_index()).ok_or_else(|| corrupt("fragment index out of range"))?;
-        let whole = self.block(frag.start, frag.size.size(), !frag.size.uncompressed(), self.block_size as usize)?;
-        let from = file.block_offset() as usize;
-        let tail = (len - index as u64 * bs) as usize;
-        let piece = whole.get(from..from + tail).ok_or_else(|| corrupt("fragment shorter than the file's tail"))?;
-        Ok(Arc::new(piece.to_vec()))
+        let block = self.block(frag.start, frag.size.size(), !frag.size.uncompressed(), self.block_size as usize)?;
+        let start = file.block_offset() as usize;
+        let end = start + (len - index as u64 * bs) as usize;
+        if end > block.len() {
+            return Err(corrupt("fragment shorter than the file's tail"));
+        }
+        Ok(Piece { block, start, end })
     }
 
     /// One block from disk, through the cache.
@@ -145,7 +157,7 @@ impl Image {
         let mut raw = vec![0u8; size as usize];
         self.file.read_exact_at(&mut raw, self.offset + start)?;
         let data = if compressed {
-            zstd::bulk::decompress(&raw, max).map_err(|_| corrupt("a block does not decompress"))?
+            decompress(&raw, max)?
         } else {
             raw
         };
@@ -153,6 +165,43 @@ impl Image {
         self.cache.lock().unwrap().put(start, data.clone());
         Ok(data)
     }
+}
+
+/// A range of a decompressed block, shared with the block cache.
+pub struct Piece {
+    block: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl Piece {
+    fn whole(block: Arc<Vec<u8>>) -> Piece {
+        let end = block.len();
+        Piece { block, start: 0, end }
+    }
+}
+
+impl std::ops::Deref for Piece {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.block[self.start..self.end]
+    }
+}
+
+/// zstd with one decompression context per thread: making a context costs more than
+/// decompressing a small block.
+fn decompress(raw: &[u8], max: usize) -> io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let d = c.as_mut().expect("just made");
+        d.decompress(raw, max).map_err(|_| corrupt("a block does not decompress"))
+    })
 }
 
 fn corrupt(what: &str) -> io::Error {

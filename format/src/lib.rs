@@ -20,7 +20,7 @@ mod metadata;
 mod reader;
 mod trailer;
 
-pub use image::{Image, NodeId};
+pub use image::{Image, NodeId, Piece};
 pub use metadata::{ImageInfo, Input, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
 pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, TRAILER_LEN};

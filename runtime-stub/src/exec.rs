@@ -96,9 +96,9 @@ mod tests {
             ("A", "host"),
             ("PMIX_NAMESPACE", "job"),
         ]
-            .iter()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-            .collect()
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect()
     }
 
     #[test]

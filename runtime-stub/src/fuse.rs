@@ -12,9 +12,9 @@ use crate::plan::Kind;
 use backhand::InnerNode;
 use bundle_format::{Image, NodeId};
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, Request, Session,
-    SessionACL,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, Request, Session, SessionACL,
 };
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
@@ -135,12 +135,24 @@ struct ImageFs {
     extra: Vec<(u64, OsString, Kind)>,
     /// Synthetic children of each directory inode, by name.
     extra_children: HashMap<u64, Vec<u64>>,
+    /// The kernel can do without `open`/`opendir` (Linux 4.19/5.1): answering ENOSYS
+    /// once saves a round trip per opened file, and the kernel then keeps the page cache
+    /// and directory cache as `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` would.
+    no_open: bool,
+    no_opendir: bool,
 }
 
 impl ImageFs {
     fn new(image: Arc<Image>, mount_points: &[(PathBuf, Kind)], uid: Uid, gid: Gid) -> Result<ImageFs> {
-        let mut fs =
-            ImageFs { image, uid: uid.as_raw(), gid: gid.as_raw(), extra: Vec::new(), extra_children: HashMap::new() };
+        let mut fs = ImageFs {
+            image,
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            extra: Vec::new(),
+            extra_children: HashMap::new(),
+            no_open: false,
+            no_opendir: false,
+        };
         let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
         for (path, kind) in mount_points {
             if by_path.contains_key(path) {
@@ -240,6 +252,11 @@ impl ImageFs {
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        // Listings carry every entry's attributes, so a walk (`find`, `tar`, a Python
+        // import scanning sys.path) needs no lookup round trip per file afterwards.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -273,6 +290,9 @@ impl Filesystem for ImageFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        if self.no_open {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
@@ -290,14 +310,28 @@ impl Filesystem for ImageFs {
         let Some(id) = self.node(ino) else {
             return reply.data(&[]);
         };
-        let mut buf = vec![0u8; size as usize];
-        match self.image.read_at(id, offset, &mut buf) {
-            Ok(n) => reply.data(&buf[..n]),
+        // The kernel asks block-aligned chunks of at most a block: most requests are one
+        // piece of one cached block, and are answered from it without a copy.
+        let size = size as usize;
+        let answer = match self.image.piece_at(id, offset) {
+            Ok(Some(piece)) if piece.len() >= size => return reply.data(&piece[..size]),
+            Ok(None) => return reply.data(&[]),
+            Ok(Some(_)) => {
+                let mut buf = vec![0u8; size];
+                self.image.read_at(id, offset, &mut buf).map(|n| buf.truncate(n)).map(|()| buf)
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(buf) => reply.data(&buf),
             Err(_) => reply.error(Errno::EIO),
         }
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
     }
 
@@ -309,6 +343,18 @@ impl Filesystem for ImageFs {
         for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
             let kind = self.attr(INodeNo(child)).map_or(FileType::RegularFile, |a| a.kind);
             if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dots = [(ino.0, OsStr::new(".")), (self.parent_of(ino), OsStr::new(".."))];
+        let entries = dots.into_iter().chain(self.children(ino).map(|c| (c, self.name(c))));
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
+            let Some(attr) = self.attr(INodeNo(child)) else { continue };
+            if reply.add(INodeNo(child), i as u64 + 1, name, &TTL, &attr, Generation(0)) {
                 break;
             }
         }
