@@ -156,11 +156,7 @@ impl Image {
         }
         let mut raw = vec![0u8; size as usize];
         self.file.read_exact_at(&mut raw, self.offset + start)?;
-        let data = if compressed {
-            decompress(&raw, max)?
-        } else {
-            raw
-        };
+        let data = if compressed { decompress(&raw, max)? } else { raw };
         let data = Arc::new(data);
         self.cache.lock().unwrap().put(start, data.clone());
         Ok(data)
