@@ -48,15 +48,12 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let argv = command_line(bundle, opts)?;
     let mode = choose_mode(opts.mode)?;
     let cwd = std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
-    let who = Host {
-        cwd: cwd.clone(),
-        home: std::env::var_os("HOME").map(PathBuf::from),
-        rendezvous: Vec::new(),
-        binds: user_binds(bundle, opts)?,
-    };
+    let home = std::env::var_os("HOME").map(PathBuf::from);
     // Only what the standard binds do not already show: Slurm sets TMPDIR=/tmp for some
     // tasks of a step and not for others, and they must still share one container.
-    let who = Host { rendezvous: uncovered(rendezvous_dirs(), &who), ..who };
+    let rendezvous =
+        uncovered(rendezvous_dirs(), [Path::new("/tmp"), cwd.as_path()].into_iter().chain(home.as_deref()));
+    let who = Host { cwd: cwd.clone(), home, rendezvous, binds: user_binds(bundle, opts)? };
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = linger(opts.linger)?;
@@ -170,13 +167,9 @@ fn slurm_pmix_client_dir() -> Option<PathBuf> {
     })
 }
 
-/// Leaves out the paths that `/tmp`, the home or the working directory already show.
-fn uncovered(paths: Vec<PathBuf>, who: &Host) -> Vec<PathBuf> {
-    let shown: Vec<&Path> = [Path::new("/tmp"), who.cwd.as_path()]
-        .into_iter()
-        .chain(who.home.as_deref())
-        .filter(|s| *s != Path::new("/"))
-        .collect();
+/// Leaves out the paths that `shown` (other binds) already make visible.
+fn uncovered<'a>(paths: Vec<PathBuf>, shown: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
+    let shown: Vec<&Path> = shown.filter(|s| *s != Path::new("/")).collect();
     paths.into_iter().filter(|p| !shown.iter().any(|s| p.starts_with(s))).collect()
 }
 
