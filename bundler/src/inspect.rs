@@ -2,8 +2,9 @@
 
 use crate::pipeline::human;
 use anyhow::{Context, Result};
-use backhand::InnerNode;
-use bundle_format::{extract, Bundle, Image};
+use bundle_format::Bundle;
+use bundle_squashfs::{extract, Image, Inode, Kind};
+use std::io::Write;
 use std::path::Path;
 
 pub fn open(path: &Path) -> Result<Bundle> {
@@ -61,40 +62,46 @@ pub fn verify(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One line per entry, like `tar tv`: mode, owner, size, path, link target.
+/// One line per entry, like `tar tv`: mode, owner, size, path, link target. A damaged
+/// image is an error, never a short listing.
 pub fn list(path: &Path) -> Result<()> {
     let b = open(path)?;
-    let image = Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))?;
-    let mut out = String::new();
-    for n in &image.nodes {
-        let (t, size, link) = match &n.inner {
-            InnerNode::Dir(_) => ('d', 0, String::new()),
-            InnerNode::File(f) => ('-', f.file_len() as u64, String::new()),
-            InnerNode::Symlink(l) => ('l', 0, format!(" -> {}", l.link.display())),
-            InnerNode::CharacterDevice(_) => ('c', 0, String::new()),
-            InnerNode::BlockDevice(_) => ('b', 0, String::new()),
-            InnerNode::NamedPipe => ('p', 0, String::new()),
-            InnerNode::Socket => ('s', 0, String::new()),
-        };
-        let h = &n.header;
-        out.push_str(&format!(
-            "{t}{} {:>5}/{:<5} {size:>10} {}{link}\n",
-            rwx(h.permissions),
-            h.uid,
-            h.gid,
-            n.fullpath.display()
-        ));
-    }
-    print!("{out}");
-    Ok(())
+    let image = open_image(&b, path)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let root = image.root_inode().with_context(|| format!("{}", path.display()))?;
+    writeln!(out, "{}", list_line(Path::new("/"), &root))?;
+    image
+        .walk(|p, n| writeln!(out, "{}", list_line(p, n)))
+        .with_context(|| format!("cannot list {}", path.display()))?;
+    out.flush().context("writing the listing")
+}
+
+fn list_line(p: &Path, n: &Inode) -> String {
+    let (t, size, link) = match n.kind {
+        Kind::Dir => ('d', 0, String::new()),
+        Kind::File => ('-', n.size, String::new()),
+        Kind::Symlink => ('l', 0, format!(" -> {}", String::from_utf8_lossy(n.link_target().unwrap_or_default()))),
+        Kind::CharDevice => ('c', 0, String::new()),
+        Kind::BlockDevice => ('b', 0, String::new()),
+        Kind::Fifo => ('p', 0, String::new()),
+        Kind::Socket => ('s', 0, String::new()),
+    };
+    format!("{t}{} {:>5}/{:<5} {size:>10} {}{link}", rwx(n.mode), n.uid, n.gid, p.display())
 }
 
 pub fn extract(path: &Path, dir: &Path) -> Result<()> {
     let b = open(path)?;
-    let image = Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))?;
-    extract::to_dir(&image, dir).with_context(|| format!("cannot extract {}", path.display()))?;
-    eprintln!("bundle: extracted {} entries into {}", image.nodes.len(), dir.display());
+    let image = open_image(&b, path)?;
+    let done = extract::to_dir(&image, dir).with_context(|| format!("cannot extract {}", path.display()))?;
+    eprintln!("bundle: extracted {} entries into {}", done.entries + 1, dir.display());
+    if done.skipped > 0 {
+        eprintln!("bundle: left out {} device nodes, fifos and sockets", done.skipped);
+    }
     Ok(())
+}
+
+fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
+    Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))
 }
 
 fn rwx(mode: u16) -> String {

@@ -14,13 +14,10 @@
 //!
 //! `docs/format.md` describes every field so that another tool can read a bundle.
 
-pub mod extract;
-mod image;
 mod metadata;
 mod reader;
 mod trailer;
 
-pub use image::{Image, NodeId, Piece};
 pub use metadata::{ImageInfo, Input, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
 pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, TRAILER_LEN};

@@ -1,7 +1,8 @@
 //! extract mode's cache: one unpacked tree per image digest, per user.
 
 use crate::fail::{Context, Error, Result};
-use bundle_format::{extract, Bundle, Image};
+use bundle_format::Bundle;
+use bundle_squashfs::{extract, Image};
 use nix::fcntl::{Flock, FlockArg};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -51,6 +52,7 @@ pub fn cached_tree(bundle: &Bundle, image: &Image) -> Result<PathBuf> {
     let tmp = images.join(format!(".tmp-{digest}-{}", std::process::id()));
     let result = extract::to_dir(image, &tmp)
         .map_err(|e| Error(format!("cannot unpack the image into the cache: {e}")))
+        .map(drop)
         .and_then(|()| fs::rename(&tmp, &tree).context(|| format!("cannot publish {}", tree.display())));
     if let Err(e) = result {
         remove_tree(&tmp);

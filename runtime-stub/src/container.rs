@@ -20,8 +20,8 @@ use crate::options::{Action, Mode, Options};
 use crate::plan::{self, Found, Host, Plan, UserBind};
 use crate::rootfs;
 use crate::session;
-use backhand::InnerNode;
-use bundle_format::{Bundle, Image};
+use bundle_format::Bundle;
+use bundle_squashfs::{Image, Kind as NodeKind};
 use nix::mount::{mount, MsFlags};
 use nix::unistd::{geteuid, getgid, getuid};
 use std::ffi::OsString;
@@ -230,11 +230,14 @@ fn host_found(p: &Path) -> Option<(Found, PathBuf)> {
     Some((if m.is_dir() { Found::Dir } else { Found::File }, real))
 }
 
+/// What `p` is in the image, read lazily: a few metadata blocks per path. A path the
+/// image cannot answer for (it is damaged there) counts as missing; the mount that
+/// follows will then report the damage.
 fn image_found(image: &Image, p: &Path) -> Option<Found> {
-    image.lookup(p).map(|id| match image.inner(id) {
-        InnerNode::Dir(_) => Found::Dir,
-        InnerNode::File(_) => Found::File,
-        InnerNode::Symlink(_) => Found::Symlink,
+    image.lookup_path(p).ok().flatten().map(|n| match n.kind {
+        NodeKind::Dir => Found::Dir,
+        NodeKind::File => Found::File,
+        NodeKind::Symlink => Found::Symlink,
         _ => Found::Other,
     })
 }

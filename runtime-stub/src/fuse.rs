@@ -9,12 +9,11 @@
 
 use crate::fail::{Context, Error, Result};
 use crate::plan::Kind;
-use backhand::InnerNode;
-use bundle_format::{Image, NodeId};
+use bundle_squashfs::{DirCookie, Image, Inode, InodeRef, Kind as NodeKind};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-    ReplyOpen, ReplyStatfs, Request, Session, SessionACL,
+    ReplyLseek, ReplyOpen, ReplyStatfs, Request, Session, SessionACL,
 };
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
@@ -24,8 +23,9 @@ use nix::unistd::{chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkR
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The image is immutable: what the kernel learnt once stays true.
@@ -126,15 +126,33 @@ pub fn silence_stdio() {
     }
 }
 
-/// Inode numbers: image node `id` is `id + 1` (so the root is FUSE's 1); the synthetic
-/// mount points follow.
+/// FUSE inode numbers. The root is FUSE's 1; every other image inode is its inode
+/// reference plus 2, so hard links are one inode and a lookup needs no table; the mount
+/// points the image lacks are numbered from [`EXTRA_INO`].
+const EXTRA_INO: u64 = 1 << 56;
+
+/// Readdir offsets: 1 and 2 follow `.` and `..`; an image entry's is its listing cookie
+/// plus 3; a mount point's is its index from [`EXTRA_OFFSET`].
+const EXTRA_OFFSET: u64 = 1 << 62;
+
+/// A mount point the image lacks: an empty directory or file in a directory.
+struct Extra {
+    parent: u64,
+    name: OsString,
+    kind: Kind,
+}
+
 struct ImageFs {
     image: Arc<Image>,
+    root: InodeRef,
     uid: u32,
     gid: u32,
-    extra: Vec<(u64, OsString, Kind)>,
-    /// Synthetic children of each directory inode, by name.
+    extra: Vec<Extra>,
+    /// Synthetic children of each directory inode.
     extra_children: HashMap<u64, Vec<u64>>,
+    /// The parent of each directory the kernel looked up, for `..` in listings (the
+    /// image names a directory's parent by number, which only an export table maps).
+    parents: Mutex<HashMap<u64, u64>>,
     /// The kernel can do without `open`/`opendir` (Linux 4.19/5.1): answering ENOSYS
     /// once saves a round trip per opened file, and the kernel then keeps the page cache
     /// and directory cache as `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` would.
@@ -142,14 +160,21 @@ struct ImageFs {
     no_opendir: bool,
 }
 
+enum Node {
+    Image(Inode),
+    Extra(usize),
+}
+
 impl ImageFs {
     fn new(image: Arc<Image>, mount_points: &[(PathBuf, Kind)], uid: Uid, gid: Gid) -> Result<ImageFs> {
         let mut fs = ImageFs {
+            root: image.root(),
             image,
             uid: uid.as_raw(),
             gid: gid.as_raw(),
             extra: Vec::new(),
             extra_children: HashMap::new(),
+            parents: Mutex::new(HashMap::new()),
             no_open: false,
             no_opendir: false,
         };
@@ -161,55 +186,63 @@ impl ImageFs {
             let parent = path.parent().ok_or_else(|| Error("a mount point cannot be /".into()))?;
             let parent_ino = match by_path.get(parent) {
                 Some(&ino) => ino,
-                None => fs
-                    .image
-                    .lookup(parent)
-                    .map(|id| id as u64 + 1)
-                    .ok_or_else(|| Error(format!("mount point {} has no parent in the image", path.display())))?,
+                None => match fs.image.lookup_path(parent) {
+                    Ok(Some(dir)) if dir.kind == NodeKind::Dir => fs.ino(dir.reference),
+                    Ok(_) => return Err(Error(format!("mount point {} has no parent in the image", path.display()))),
+                    Err(e) => return Err(Error(format!("cannot look up {} in the image: {e}", parent.display()))),
+                },
             };
-            let ino = fs.image.nodes.len() as u64 + 1 + fs.extra.len() as u64;
+            let ino = EXTRA_INO + fs.extra.len() as u64;
             let name = path.file_name().unwrap_or_default().to_owned();
-            fs.extra.push((parent_ino, name, *kind));
+            fs.extra.push(Extra { parent: parent_ino, name, kind: *kind });
             fs.extra_children.entry(parent_ino).or_default().push(ino);
             by_path.insert(path.clone(), ino);
         }
         Ok(fs)
     }
 
-    fn node(&self, ino: INodeNo) -> Option<NodeId> {
-        let id = ino.0.checked_sub(1)? as usize;
-        (id < self.image.nodes.len()).then_some(id)
-    }
-
-    fn extra(&self, ino: INodeNo) -> Option<&(u64, OsString, Kind)> {
-        let i = ino.0.checked_sub(1 + self.image.nodes.len() as u64)?;
-        self.extra.get(i as usize)
-    }
-
-    fn attr(&self, ino: INodeNo) -> Option<FileAttr> {
-        let root_time = UNIX_EPOCH + Duration::from_secs(self.image.nodes[0].header.mtime as u64);
-        let (kind, perm, size, uid, gid, mtime) = if let Some(id) = self.node(ino) {
-            let n = &self.image.nodes[id];
-            let (kind, size) = match &n.inner {
-                InnerNode::Dir(_) => (FileType::Directory, 4096),
-                InnerNode::File(f) => (FileType::RegularFile, f.file_len() as u64),
-                InnerNode::Symlink(l) => (FileType::Symlink, l.link.as_os_str().len() as u64),
-                InnerNode::CharacterDevice(_) => (FileType::CharDevice, 0),
-                InnerNode::BlockDevice(_) => (FileType::BlockDevice, 0),
-                InnerNode::NamedPipe => (FileType::NamedPipe, 0),
-                InnerNode::Socket => (FileType::Socket, 0),
-            };
-            let h = &n.header;
-            (kind, h.permissions & 0o7777, size, h.uid, h.gid, UNIX_EPOCH + Duration::from_secs(h.mtime as u64))
+    fn ino(&self, r: InodeRef) -> u64 {
+        if r == self.root {
+            1
         } else {
-            let (_, _, k) = self.extra(ino)?;
-            match k {
-                Kind::Dir => (FileType::Directory, 0o755, 4096, self.uid, self.gid, root_time),
-                Kind::File => (FileType::RegularFile, 0o644, 0, self.uid, self.gid, root_time),
+            r.0 + 2
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> std::result::Result<Node, Errno> {
+        let r = match ino.0 {
+            1 => self.root,
+            n if n >= EXTRA_INO => {
+                let i = (n - EXTRA_INO) as usize;
+                return if i < self.extra.len() { Ok(Node::Extra(i)) } else { Err(Errno::ENOENT) };
             }
+            n => InodeRef(n.checked_sub(2).ok_or(Errno::ENOENT)?),
         };
-        Some(FileAttr {
-            ino,
+        self.image.inode(r).map(Node::Image).map_err(|_| Errno::EIO)
+    }
+
+    fn inode(&self, ino: INodeNo) -> std::result::Result<Inode, Errno> {
+        match self.node(ino)? {
+            Node::Image(i) => Ok(i),
+            Node::Extra(_) => Err(Errno::ENOENT),
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let (kind, perm, size, nlink, uid, gid, mtime, rdev) = match node {
+            Node::Image(n) => {
+                let kind = file_type(n.kind);
+                let size = if kind == FileType::Directory { 4096 } else { n.size };
+                (kind, n.mode, size, n.nlink.max(1), n.uid, n.gid, n.mtime, n.rdev)
+            }
+            Node::Extra(i) => match self.extra[*i].kind {
+                Kind::Dir => (FileType::Directory, 0o755, 4096, 2, self.uid, self.gid, self.image.mkfs_time(), 0),
+                Kind::File => (FileType::RegularFile, 0o644, 0, 1, self.uid, self.gid, self.image.mkfs_time(), 0),
+            },
+        };
+        let mtime = UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
+        FileAttr {
+            ino: INodeNo(ino),
             size,
             blocks: size.div_ceil(512),
             atime: mtime,
@@ -218,34 +251,75 @@ impl ImageFs {
             crtime: mtime,
             kind,
             perm,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            nlink,
             uid,
             gid,
-            rdev: 0,
-            blksize: self.image.block_size,
+            rdev,
+            blksize: self.image.block_size(),
             flags: 0,
-        })
-    }
-
-    /// Inode numbers of a directory's entries, image entries first, then mount points.
-    fn children(&self, ino: INodeNo) -> impl Iterator<Item = u64> + '_ {
-        let image = self.node(ino).map(|id| &self.image.children[id][..]).unwrap_or(&[]);
-        image.iter().map(|&c| c as u64 + 1).chain(self.extra_children.get(&ino.0).into_iter().flatten().copied())
-    }
-
-    fn name(&self, ino: u64) -> &OsStr {
-        match self.node(INodeNo(ino)) {
-            Some(id) => self.image.name(id),
-            None => self.extra(INodeNo(ino)).map_or(OsStr::new(""), |e| e.1.as_os_str()),
         }
     }
 
-    fn parent_of(&self, ino: INodeNo) -> u64 {
-        if let Some(id) = self.node(ino) {
-            let path = &self.image.nodes[id].fullpath;
-            return path.parent().and_then(|p| self.image.lookup(p)).map_or(1, |p| p as u64 + 1);
+    fn parent_of(&self, ino: u64) -> u64 {
+        if ino >= EXTRA_INO {
+            return self.extra.get((ino - EXTRA_INO) as usize).map_or(1, |e| e.parent);
         }
-        self.extra(ino).map_or(1, |e| e.0)
+        self.parents.lock().unwrap_or_else(|e| e.into_inner()).get(&ino).copied().unwrap_or(1)
+    }
+
+    /// The entries of a directory from a readdir offset on, each with its inode, type,
+    /// name and the offset that resumes after it; `attrs` also decodes each entry's inode.
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> std::result::Result<(), Errno> {
+        let dir = match self.node(ino)? {
+            Node::Image(d) if d.kind == NodeKind::Dir => Some(d),
+            Node::Image(_) => return Err(Errno::ENOTDIR),
+            Node::Extra(i) if self.extra[i].kind == Kind::Dir => None,
+            Node::Extra(_) => return Err(Errno::ENOTDIR),
+        };
+        if offset == 0 && add(ino.0, 1, FileType::Directory, OsStr::new(".")) {
+            return Ok(());
+        }
+        if offset <= 1 && add(self.parent_of(ino.0), 2, FileType::Directory, OsStr::new("..")) {
+            return Ok(());
+        }
+        let mut extra_from = 0;
+        if offset >= EXTRA_OFFSET {
+            extra_from = (offset - EXTRA_OFFSET) as usize;
+        } else if let Some(dir) = dir {
+            let cookie = DirCookie(offset.saturating_sub(3));
+            let entries = self.image.entries(&dir, cookie).map_err(|_| Errno::EIO)?;
+            for item in entries {
+                let (e, next) = item.map_err(|_| Errno::EIO)?;
+                if add(self.ino(e.inode), next.0 + 3, file_type(e.kind), OsStr::from_bytes(&e.name)) {
+                    return Ok(());
+                }
+            }
+        }
+        for (k, &child) in self.extra_children.get(&ino.0).into_iter().flatten().enumerate().skip(extra_from) {
+            let e = &self.extra[(child - EXTRA_INO) as usize];
+            let kind = if e.kind == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
+            if add(child, EXTRA_OFFSET + k as u64 + 1, kind, &e.name) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_type(k: NodeKind) -> FileType {
+    match k {
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Socket => FileType::Socket,
     }
 }
 
@@ -257,32 +331,54 @@ impl Filesystem for ImageFs {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         self.no_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.no_opendir = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        // The server's own process: threads made before the fork would not be here.
+        self.image.start_readahead();
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found =
-            self.node(parent).and_then(|dir| self.image.child(dir, name)).map(|id| id as u64 + 1).or_else(|| {
-                let kids = self.extra_children.get(&parent.0)?;
-                kids.iter().copied().find(|&c| self.extra(INodeNo(c)).is_some_and(|e| e.1 == name))
-            });
-        match found.and_then(|ino| self.attr(INodeNo(ino))) {
-            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        let found = match self.node(parent) {
+            Ok(Node::Image(dir)) if dir.kind == NodeKind::Dir => match self.image.lookup(&dir, name.as_bytes()) {
+                Ok(Some(e)) => match self.image.inode(e.inode) {
+                    Ok(child) => Some((self.ino(e.inode), Node::Image(child))),
+                    Err(_) => return reply.error(Errno::EIO),
+                },
+                Ok(None) => None,
+                Err(_) => return reply.error(Errno::EIO),
+            },
+            Ok(_) => None,
+            Err(e) => return reply.error(e),
+        };
+        let found = found.or_else(|| {
+            let kids = self.extra_children.get(&parent.0)?;
+            let ino = kids.iter().copied().find(|&c| self.extra[(c - EXTRA_INO) as usize].name == name)?;
+            Some((ino, Node::Extra((ino - EXTRA_INO) as usize)))
+        });
+        match found {
+            Some((ino, node)) => {
+                if matches!(&node, Node::Image(n) if n.kind == NodeKind::Dir) {
+                    self.parents.lock().unwrap_or_else(|e| e.into_inner()).insert(ino, parent.0);
+                }
+                reply.entry(&TTL, &self.attr(ino, &node), Generation(0))
+            }
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino) {
-            Some(attr) => reply.attr(&TTL, &attr),
-            None => reply.error(Errno::ENOENT),
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).map(|id| &self.image.nodes[id].inner) {
-            Some(InnerNode::Symlink(l)) => reply.data(l.link.as_os_str().as_encoded_bytes()),
-            _ => reply.error(Errno::EINVAL),
+        match self.inode(ino) {
+            Ok(n) => match n.link_target() {
+                Some(t) => reply.data(t),
+                None => reply.error(Errno::EINVAL),
+            },
+            Err(e) => reply.error(e),
         }
     }
 
@@ -307,23 +403,48 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(id) = self.node(ino) else {
-            return reply.data(&[]);
+        let file = match self.node(ino) {
+            Ok(Node::Image(n)) if n.kind == NodeKind::File => n,
+            Ok(Node::Extra(_)) => return reply.data(&[]),
+            Ok(_) => return reply.error(Errno::EISDIR),
+            Err(e) => return reply.error(e),
         };
         // The kernel asks block-aligned chunks of at most a block: most requests are one
         // piece of one cached block, and are answered from it without a copy.
         let size = size as usize;
-        let answer = match self.image.piece_at(id, offset) {
+        let answer = match self.image.piece_at(&file, offset) {
             Ok(Some(piece)) if piece.len() >= size => return reply.data(&piece[..size]),
             Ok(None) => return reply.data(&[]),
             Ok(Some(_)) => {
                 let mut buf = vec![0u8; size];
-                self.image.read_at(id, offset, &mut buf).map(|n| buf.truncate(n)).map(|()| buf)
+                self.image.read_at(&file, offset, &mut buf).map(|n| buf.truncate(n)).map(|()| buf)
             }
             Err(e) => Err(e),
         };
         match answer {
             Ok(buf) => reply.data(&buf),
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE`, so that `cp --sparse`, `tar -S` and the like keep
+    /// the image's holes as holes; the kernel answers the other kinds of seek itself.
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let Ok(pos) = u64::try_from(offset) else { return reply.error(Errno::EINVAL) };
+        let file = match self.node(ino) {
+            Ok(Node::Image(n)) if n.kind == NodeKind::File => n,
+            Ok(_) => return reply.error(Errno::ENXIO),
+            Err(e) => return reply.error(e),
+        };
+        let found = match whence {
+            libc::SEEK_DATA => self.image.next_data(&file, pos),
+            libc::SEEK_HOLE if pos < file.size => self.image.next_hole(&file, pos).map(Some),
+            libc::SEEK_HOLE => Ok(None),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match found {
+            Ok(Some(p)) => reply.offset(p as i64),
+            Ok(None) => reply.error(Errno::ENXIO),
             Err(_) => reply.error(Errno::EIO),
         }
     }
@@ -335,34 +456,38 @@ impl Filesystem for ImageFs {
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
     }
 
-    /// `offset` is the index of the next entry: the kernel resumes a large directory
-    /// where the last reply ended, so each call costs only what it returns.
+    /// The kernel resumes a large directory at the offset of the last entry it got, so
+    /// each call costs only what it returns.
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dots = [(ino.0, OsStr::new(".")), (self.parent_of(ino), OsStr::new(".."))];
-        let entries = dots.into_iter().chain(self.children(ino).map(|c| (c, self.name(c))));
-        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
-            let kind = self.attr(INodeNo(child)).map_or(FileType::RegularFile, |a| a.kind);
-            if reply.add(INodeNo(child), i as u64 + 1, kind, name) {
-                break;
-            }
+        let mut any = false;
+        let r = self.listing(ino, offset, |child, next, kind, name| {
+            let full = reply.add(INodeNo(child), next, kind, name);
+            any |= !full;
+            full
+        });
+        match r {
+            Err(e) if !any => reply.error(e),
+            _ => reply.ok(),
         }
-        reply.ok()
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let dots = [(ino.0, OsStr::new(".")), (self.parent_of(ino), OsStr::new(".."))];
-        let entries = dots.into_iter().chain(self.children(ino).map(|c| (c, self.name(c))));
-        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
-            let Some(attr) = self.attr(INodeNo(child)) else { continue };
-            if reply.add(INodeNo(child), i as u64 + 1, name, &TTL, &attr, Generation(0)) {
-                break;
-            }
+        let mut any = false;
+        let r = self.listing(ino, offset, |child, next, _kind, name| {
+            let Ok(node) = self.node(INodeNo(child)) else { return false };
+            let full = reply.add(INodeNo(child), next, name, &TTL, &self.attr(child, &node), Generation(0));
+            any |= !full;
+            full
+        });
+        match r {
+            Err(e) if !any => reply.error(e),
+            _ => reply.ok(),
         }
-        reply.ok()
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = (self.image.nodes.len() + self.extra.len()) as u64;
-        reply.statfs(0, 0, 0, files, 0, self.image.block_size, 255, self.image.block_size)
+        let files = u64::from(self.image.inode_count()) + self.extra.len() as u64;
+        let bs = self.image.block_size();
+        reply.statfs(0, 0, 0, files, 0, bs, 255, bs)
     }
 }

@@ -41,8 +41,8 @@ fn run(opts: &Options) -> Result<()> {
             println!("ok: image sha256 {}", bundle.image_digest());
         }
         Action::Extract(dir) => {
-            let image = bundle_format::Image::open(&bundle.file, bundle.trailer.image_offset)?;
-            bundle_format::extract::to_dir(&image, dir)?;
+            let image = bundle_squashfs::Image::open(&bundle.file, bundle.trailer.image_offset)?;
+            bundle_squashfs::extract::to_dir(&image, dir)?;
         }
         Action::Run | Action::Exec | Action::Shell | Action::Help => match container::run(&bundle, opts)? {},
     }

@@ -17,10 +17,10 @@
 //! a hash match is confirmed byte by byte, so a collision can never merge two files.
 
 use super::codec::Codec;
-use super::format::{DATA_UNCOMPRESSED, NO_FRAGMENT};
 use super::{Options, Sink};
 use crate::tree::Source;
 use anyhow::{bail, Context, Result};
+use bundle_squashfs::layout::{DATA_UNCOMPRESSED, NO_FRAGMENT};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{ErrorKind, Read};

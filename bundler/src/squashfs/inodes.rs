@@ -12,10 +12,10 @@
 //!   mksquashfs, its `..` is one past it.
 
 use super::data::Data;
-use super::format::*;
 use super::meta::{MetaPos, MetaWriter};
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
 use anyhow::{bail, Context, Result};
+use bundle_squashfs::layout::*;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;

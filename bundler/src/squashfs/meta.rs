@@ -4,9 +4,9 @@
 //! uncompressed block, which is why the writer must compress as it goes.
 
 use super::codec::Codec;
-use super::format::{Put, METADATA_SIZE, META_UNCOMPRESSED};
 use super::Sink;
 use anyhow::Result;
+use bundle_squashfs::layout::{Put, METADATA_SIZE, META_UNCOMPRESSED};
 
 /// A place in a metadata stream.
 #[derive(Debug, Clone, Copy, Default)]

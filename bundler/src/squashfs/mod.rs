@@ -20,7 +20,6 @@
 
 mod codec;
 mod data;
-mod format;
 mod inodes;
 mod meta;
 #[cfg(test)]
@@ -28,7 +27,7 @@ mod tests;
 
 use crate::tree::Tree;
 use anyhow::{bail, Context, Result};
-use format::*;
+use bundle_squashfs::layout::*;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::os::unix::fs::FileExt;
@@ -142,6 +141,7 @@ pub fn write_image(tree: &Tree, out: &mut File, opts: &Options, progress: &(dyn 
         inode_table,
         directory_table,
         fragment_table,
+        ..Superblock::default()
     };
     out.write_all_at(&superblock.encode(), base).context("writing the squashfs superblock")?;
     Ok(Stats {
