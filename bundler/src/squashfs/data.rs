@@ -12,6 +12,10 @@
 //! cutter takes a token per piece and the placer returns it once the piece is written:
 //! however large the tree, only a few MiB of it are in memory at once.
 //!
+//! Holes are never read: a host file's holes are found with `SEEK_DATA`, and a block that
+//! lies in one goes to the image as a hole (size word 0, no bytes) without being read,
+//! compared or compressed, so a 100 GiB sparse file costs what its data costs.
+//!
 //! Duplicates are found before compression, not after (mksquashfs compresses a duplicate,
 //! then throws the result away): only files whose size another file shares are hashed, and
 //! a hash match is confirmed byte by byte, so a collision can never merge two files.
@@ -23,7 +27,9 @@ use anyhow::{bail, Context, Result};
 use bundle_squashfs::layout::{DATA_UNCOMPRESSED, NO_FRAGMENT};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::Mutex;
@@ -109,7 +115,7 @@ enum Dest {
 struct Job {
     seq: u64,
     dest: Dest,
-    data: Vec<u8>,
+    data: Chunk,
 }
 
 struct Done {
@@ -193,7 +199,7 @@ impl<'a> Cutter<'a> {
             None
         };
         let hash = match &held {
-            Some(pieces) => hash(pieces.iter().map(|p| Ok(p.as_slice())))?,
+            Some(pieces) => hash(pieces.iter().map(|p| Ok(p.clone())))?,
             None => hash(Pieces::open(src, size, self.block_size)?)?,
         };
         if let Some(c) = self.find_duplicate(src, size, hash)? {
@@ -207,8 +213,11 @@ impl<'a> Cutter<'a> {
                 // Read a second time: check that it is still what was hashed, or a later
                 // duplicate of the first reading would be given this file's blocks.
                 let mut h = Xxh3::new();
-                let pieces =
-                    Pieces::open(src, size, self.block_size)?.inspect(|p| h.update(p.as_deref().unwrap_or_default()));
+                let pieces = Pieces::open(src, size, self.block_size)?.inspect(|p| {
+                    if let Ok(c) = p {
+                        c.feed(&mut h)
+                    }
+                });
                 let c = self.store(pieces, size)?;
                 if h.digest128() != hash {
                     bail!("{} changed while it was being read", describe(src));
@@ -230,7 +239,7 @@ impl<'a> Cutter<'a> {
     }
 
     /// Stores a new content: full blocks become data blocks, the rest a fragment.
-    fn store(&mut self, pieces: impl Iterator<Item = Result<Vec<u8>>>, size: u64) -> Result<usize> {
+    fn store(&mut self, pieces: impl Iterator<Item = Result<Chunk>>, size: u64) -> Result<usize> {
         let c = self.contents.len();
         self.contents.push(FileData { size, fragment: NO_FRAGMENT, ..FileData::default() });
         let bs = self.block_size as u64;
@@ -243,7 +252,7 @@ impl<'a> Cutter<'a> {
             if (k as u64) < blocks {
                 self.dispatch(Dest::Block(c), piece)?;
             } else {
-                self.add_fragment(c, &piece)?;
+                self.add_fragment(c, &piece.into_bytes())?;
             }
         }
         Ok(c)
@@ -264,12 +273,12 @@ impl<'a> Cutter<'a> {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.fragment, Vec::with_capacity(self.block_size));
-        self.dispatch(Dest::Fragment(self.fragment_count), data)?;
+        self.dispatch(Dest::Fragment(self.fragment_count), Chunk::Data(data))?;
         self.fragment_count += 1;
         Ok(())
     }
 
-    fn dispatch(&mut self, dest: Dest, data: Vec<u8>) -> Result<()> {
+    fn dispatch(&mut self, dest: Dest, data: Chunk) -> Result<()> {
         let seq = self.seq;
         self.seq += 1;
         let job = Job { seq, dest, data };
@@ -308,15 +317,19 @@ fn compress_all(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, mut codec: Code
 
 fn compress(job: Job, codec: &mut Codec) -> Done {
     let raw_len = job.data.len();
-    let (word, bytes) = if matches!(job.dest, Dest::Block(_)) && is_zero(&job.data) {
+    let block = matches!(job.dest, Dest::Block(_));
+    let (word, bytes) = match job.data {
         // A hole, as mksquashfs stores it: no bytes, size word 0.
-        (0, Vec::new())
-    } else {
-        let mut out = Vec::new();
-        if codec.compress(&job.data, &mut out) {
-            (out.len() as u32, out)
-        } else {
-            (raw_len as u32 | DATA_UNCOMPRESSED, job.data)
+        Chunk::Hole(_) if block => (0, Vec::new()),
+        Chunk::Data(data) if block && is_zero(&data) => (0, Vec::new()),
+        data => {
+            let data = data.into_bytes();
+            let mut out = Vec::new();
+            if codec.compress(&data, &mut out) {
+                (out.len() as u32, out)
+            } else {
+                (raw_len as u32 | DATA_UNCOMPRESSED, data)
+            }
         }
     };
     Done { seq: job.seq, dest: job.dest, raw_len, word, bytes }
@@ -413,17 +426,69 @@ fn describe(src: &Source) -> String {
     }
 }
 
+/// One block-sized piece of a source: bytes, or a hole of that many zeros.
+#[derive(Clone)]
+enum Chunk {
+    Data(Vec<u8>),
+    Hole(usize),
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Data(d) => d.len(),
+            Chunk::Hole(n) => *n,
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Chunk::Data(d) => d,
+            Chunk::Hole(n) => vec![0; n],
+        }
+    }
+
+    fn feed(&self, h: &mut Xxh3) {
+        match self {
+            Chunk::Data(d) => h.update(d),
+            Chunk::Hole(n) => {
+                const ZEROS: [u8; 4096] = [0; 4096];
+                let mut left = *n;
+                while left > 0 {
+                    let k = left.min(ZEROS.len());
+                    h.update(&ZEROS[..k]);
+                    left -= k;
+                }
+            }
+        }
+    }
+
+    fn same(&self, other: &Chunk) -> bool {
+        match (self, other) {
+            (Chunk::Data(a), Chunk::Data(b)) => a == b,
+            (Chunk::Hole(a), Chunk::Hole(b)) => a == b,
+            (Chunk::Data(d), Chunk::Hole(n)) | (Chunk::Hole(n), Chunk::Data(d)) => d.len() == *n && is_zero(d),
+        }
+    }
+}
+
 /// A source read in pieces of one block, the unit of compression. It yields exactly the
 /// size it was opened with: a file that has shrunk since is an error, one that has grown
 /// is cut at that size (its inode records that size).
 struct Pieces<'a> {
     input: Input<'a>,
+    pos: u64,
     left: u64,
     piece: usize,
 }
 
 enum Input<'a> {
-    Host(File, &'a Path),
+    Host {
+        file: File,
+        path: &'a Path,
+        /// Where the next data after a hole starts, as `SEEK_DATA` last said.
+        data_at: u64,
+    },
     Memory(&'a [u8]),
 }
 
@@ -431,48 +496,70 @@ impl<'a> Pieces<'a> {
     fn open(src: &'a Source, size: u64, piece: usize) -> Result<Pieces<'a>> {
         let input = match src {
             Source::Bytes(b) => Input::Memory(b),
-            Source::Host(path) => {
-                Input::Host(File::open(path).with_context(|| format!("cannot open {}", path.display()))?, path)
-            }
+            Source::Host(path) => Input::Host {
+                file: File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+                path,
+                data_at: 0,
+            },
         };
-        Ok(Pieces { input, left: size, piece })
+        Ok(Pieces { input, pos: 0, left: size, piece })
     }
 
-    fn read_piece(&mut self) -> Result<Vec<u8>> {
+    fn read_piece(&mut self) -> Result<Chunk> {
         let n = self.left.min(self.piece as u64) as usize;
+        let pos = self.pos;
         self.left -= n as u64;
+        self.pos += n as u64;
         match &mut self.input {
             Input::Memory(b) => {
                 let (piece, rest) = b.split_at(n);
                 *b = rest;
-                Ok(piece.to_vec())
+                Ok(Chunk::Data(piece.to_vec()))
             }
-            Input::Host(f, path) => {
+            Input::Host { file, path, data_at } => {
+                if *data_at <= pos {
+                    *data_at = next_data(file, pos);
+                }
+                if *data_at >= pos + n as u64 {
+                    return Ok(Chunk::Hole(n));
+                }
                 let mut buf = vec![0; n];
-                f.read_exact(&mut buf).map_err(|e| match e.kind() {
+                file.read_exact_at(&mut buf, pos).map_err(|e| match e.kind() {
                     ErrorKind::UnexpectedEof => {
                         anyhow::anyhow!("{} shrank while it was being read", path.display())
                     }
                     _ => anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
                 })?;
-                Ok(buf)
+                Ok(Chunk::Data(buf))
             }
         }
     }
 }
 
-impl Iterator for Pieces<'_> {
-    type Item = Result<Vec<u8>>;
+/// The first position at or after `pos` that holds data (`u64::MAX` when only a hole
+/// follows). A file system without `SEEK_DATA` says `pos`: all data, read as before.
+fn next_data(file: &File, pos: u64) -> u64 {
+    let Ok(at) = libc::off_t::try_from(pos) else { return pos };
+    // SAFETY: lseek on a descriptor we own; pread does not use the file offset it moves.
+    match unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) } {
+        -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => u64::MAX,
+        -1 => pos,
+        n => n as u64,
+    }
+}
 
-    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+impl Iterator for Pieces<'_> {
+    type Item = Result<Chunk>;
+
+    fn next(&mut self) -> Option<Result<Chunk>> {
         (self.left > 0).then(|| self.read_piece())
     }
 }
 
-fn hash<B: AsRef<[u8]>>(pieces: impl Iterator<Item = Result<B>>) -> Result<u128> {
+fn hash(pieces: impl Iterator<Item = Result<Chunk>>) -> Result<u128> {
     let mut h = Xxh3::new();
     for p in pieces {
-        h.update(p?.as_ref());
+        p?.feed(&mut h);
     }
     Ok(h.digest128())
 }
@@ -484,7 +571,7 @@ fn same_bytes(a: &Source, b: &Source, size: u64, piece: usize) -> Result<bool> {
     let mut b = Pieces::open(b, size, piece)?;
     for x in Pieces::open(a, size, piece)? {
         let Some(y) = b.next() else { return Ok(false) };
-        if x? != y? {
+        if !x?.same(&y?) {
             return Ok(false);
         }
     }
