@@ -63,17 +63,20 @@ pub fn verify(path: &Path) -> Result<()> {
 }
 
 /// One line per entry, like `tar tv`: mode, owner, size, path, link target. A damaged
-/// image is an error, never a short listing.
+/// image is an error, never a short listing: the listing is printed once it is whole
+/// (about 60 bytes an entry).
 pub fn list(path: &Path) -> Result<()> {
     let b = open(path)?;
     let image = open_image(&b, path)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let root = image.root_inode().with_context(|| format!("{}", path.display()))?;
-    writeln!(out, "{}", list_line(Path::new("/"), &root))?;
+    let mut out = list_line(Path::new("/"), &root);
     image
-        .walk(|p, n| writeln!(out, "{}", list_line(p, n)))
+        .walk(|p, n| {
+            out.push_str(&list_line(p, n));
+            Ok(())
+        })
         .with_context(|| format!("cannot list {}", path.display()))?;
-    out.flush().context("writing the listing")
+    std::io::stdout().lock().write_all(out.as_bytes()).context("writing the listing")
 }
 
 fn list_line(p: &Path, n: &Inode) -> String {
@@ -86,7 +89,7 @@ fn list_line(p: &Path, n: &Inode) -> String {
         Kind::Fifo => ('p', 0, String::new()),
         Kind::Socket => ('s', 0, String::new()),
     };
-    format!("{t}{} {:>5}/{:<5} {size:>10} {}{link}", rwx(n.mode), n.uid, n.gid, p.display())
+    format!("{t}{} {:>5}/{:<5} {size:>10} {}{link}\n", rwx(n.mode), n.uid, n.gid, p.display())
 }
 
 pub fn extract(path: &Path, dir: &Path) -> Result<()> {

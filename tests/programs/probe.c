@@ -15,6 +15,9 @@
  *   probe isatty         print isatty() of fds 0, 1 and 2
  *   probe sleep S        sleep S seconds
  *   probe err TEXT       print TEXT on stderr
+ *   probe inode PATH...  print "ino nlink" of each path (lstat)
+ *   probe holes PATH     print each data range as "START END" (SEEK_DATA/SEEK_HOLE),
+ *                        then "size SIZE"
  */
 #define _GNU_SOURCE
 #include <limits.h>
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -81,6 +85,30 @@ static int copy_stdin(void) {
     return n < 0;
 }
 
+/* The data ranges of a file as lseek's SEEK_DATA and SEEK_HOLE report them. */
+static int holes(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) {
+        perror(path);
+        return 1;
+    }
+    off_t size = lseek(fd, 0, SEEK_END), pos = 0;
+    while (pos < size) {
+        off_t data = lseek(fd, pos, SEEK_DATA);
+        if (data < 0) break; /* ENXIO: only a hole follows */
+        off_t hole = lseek(fd, data, SEEK_HOLE);
+        if (hole < 0) {
+            perror("probe: SEEK_HOLE");
+            return 1;
+        }
+        printf("%lld %lld\n", (long long)data, (long long)hole);
+        pos = hole;
+    }
+    printf("size %lld\n", (long long)size);
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage();
     const char *cmd = argv[1];
@@ -130,6 +158,18 @@ int main(int argc, char **argv) {
         sleep((unsigned)atoi(arg));
         return 0;
     }
+    if (!strcmp(cmd, "inode") && arg) {
+        for (int i = 2; i < argc; i++) {
+            struct stat st;
+            if (lstat(argv[i], &st)) {
+                perror(argv[i]);
+                return 1;
+            }
+            printf("%llu %llu\n", (unsigned long long)st.st_ino, (unsigned long long)st.st_nlink);
+        }
+        return 0;
+    }
+    if (!strcmp(cmd, "holes") && arg) return holes(arg);
     if (!strcmp(cmd, "err") && arg) {
         fprintf(stderr, "%s\n", arg);
         return 0;
