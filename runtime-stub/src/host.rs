@@ -4,7 +4,7 @@
 
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
-use crate::options::{Mode, Options};
+use crate::options::{self, Mode, Options};
 use crate::plan::{Found, Host, UserBind};
 use bundle_format::Bundle;
 use nix::unistd::geteuid;
@@ -109,15 +109,14 @@ pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
 }
 
 /// `--bundle-linger`, else `BUNDLE_LINGER`, in seconds (fractions allowed).
-pub fn linger(flag: Option<f64>) -> Result<Duration> {
-    let secs = match (flag, std::env::var("BUNDLE_LINGER")) {
-        (Some(s), _) => s,
+pub fn linger(flag: Option<Duration>) -> Result<Duration> {
+    match (flag, std::env::var("BUNDLE_LINGER")) {
+        (Some(d), _) => Ok(d),
         (None, Ok(v)) if !v.is_empty() => {
-            v.parse::<f64>().map_err(|_| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))?
+            options::seconds(&v).ok_or_else(|| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))
         }
-        _ => return Ok(DEFAULT_LINGER),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| Error(format!("linger {secs} is not a number of seconds")))
+        _ => Ok(DEFAULT_LINGER),
+    }
 }
 
 /// What a host path is, and where its symlinks lead (as a bind follows them).
