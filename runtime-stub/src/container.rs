@@ -1,10 +1,11 @@
 //! Running the application in its container: the start-up, as one story.
 //!
 //! ```text
-//! trailer ─► mode ─► the caller's situation ─► session key ─► join the session's container ─► command ─► cwd ─► env ─► exec
-//!                                              └─ none yet: start a keeper, which builds it:
-//!                                                 plan, host phase ─► image source ─► namespaces ─► steps:
-//!                                                 scratch root ─► (plan, image phase) ─► image at /newroot ─► binds ─► pivot_root
+//! rank:   mode ─► the caller's situation ─► session key ─► join the session's container
+//!         ─► command ─► cwd ─► env ─► exec
+//!                    (none yet: start a keeper, which builds it)
+//! keeper: plan, host phase ─► the image's source ─► namespaces ─► steps: scratch root
+//!         ─► plan, image phase ─► steps: image at /newroot, binds, pivot_root ─► serve
 //! ```
 //! Everything that can fail because of the input (no entrypoint, an unusable mode, a
 //! bind whose source is missing) fails before a namespace is made; so does what the
