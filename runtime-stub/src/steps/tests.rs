@@ -302,3 +302,44 @@ fn read_only_without_mount_setattr_remounts_every_submount() {
     assert!(err.contains("--recursive /newroot/opt/in: /newroot/opt/in/scratch space: "), "{err}");
     assert_eq!(sys.calls.len(), 4);
 }
+
+/// From the caller's situation to the steps, through the real planner: kernel mode,
+/// a home the image lacks and a `:ro` user bind.
+#[test]
+fn a_callers_situation_becomes_a_kernel_start_up() {
+    use crate::plan::{self, Found, Host, UserBind};
+    let host_dirs = ["/proc", "/home/alice", "/data"];
+    let host = |p: &Path| host_dirs.contains(&p.to_str()?).then(|| (Found::Dir, p.to_path_buf()));
+    // What the mounted image at /lower shows.
+    let image = |p: &Path| ["/", "/proc", "/home"].contains(&p.to_str()?).then_some(Found::Dir);
+    let who = Host {
+        cwd: "/home/alice".into(),
+        home: Some("/home/alice".into()),
+        rendezvous: vec![],
+        binds: vec![UserBind::parse("/data:/in:ro").unwrap()],
+    };
+    let sources = plan::resolve(&who, &host).unwrap();
+    let plan = sources.place(&image).unwrap();
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+mkdir /tmp/lower
+pivot_root /tmp /tmp/oldroot
+cd /
+mount -t squashfs -o ro,nosuid,nodev /oldroot/dev/loop3 /lower
+mkdir /upper
+mkdir /work
+mount -t overlay -o nosuid,nodev,lowerdir=/lower,upperdir=/upper,workdir=/work overlay /newroot
+mkdir /newroot/home/alice
+mkdir /newroot/in
+mount -o remount,bind,ro --recursive /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/home/alice /newroot/home/alice
+mount --rbind /oldroot/data /newroot/in
+mount -o remount,bind,ro --recursive /newroot/in
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&plan, &kernel()), expected);
+    // A missing source is the host phase's error, before anything is mounted.
+    let who = Host { binds: vec![UserBind::parse("/nope:/in").unwrap()], ..who };
+    assert!(plan::resolve(&who, &host).unwrap_err().contains("/nope: it does not exist on the host"));
+}
