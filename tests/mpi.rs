@@ -332,10 +332,7 @@ fn loop_devices_of(file: &Path) -> Vec<(String, u64, bool)> {
 
 #[test]
 fn kernel_mode_as_root_drops_capabilities() {
-    if !is_root() {
-        eprintln!("skipped: kernel mode needs root");
-        return;
-    }
+    require_root("kernel mode");
     let t = Test::new("kernel");
     // A copy of our own: loop devices are looked up by backing file.
     let app = t.dir.join("kernel.sif");
@@ -537,10 +534,7 @@ impl Drop for TwoHosts {
 
 #[test]
 fn two_network_namespace_hosts_through_a_launcher_agent() {
-    if !is_root() {
-        eprintln!("skipped: making network namespaces needs root");
-        return;
-    }
+    require_root("making network namespaces");
     let t = start("mpi-hosts");
     let hosts = TwoHosts::new(&t);
     let agent = hosts.agent(&t);

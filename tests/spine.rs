@@ -72,6 +72,8 @@ in_both_modes!(
     exec_of_a_missing_command_is_an_error,
     command_substitution_returns_promptly,
     sigkill_leaves_nothing_behind,
+    read_only_binds_are_read_only_in_their_submounts,
+    host_mounts_reach_a_lingering_container,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -309,6 +311,59 @@ fn sigkill_leaves_nothing_behind(mode: Mode) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Mounts of the host
+
+/// A `:ro` bind of a directory with a tmpfs mounted below it: the tmpfs comes along, and
+/// is read-only too (a rw bind of the same shows it writable).
+fn read_only_binds_are_read_only_in_their_submounts(mode: Mode) {
+    require_root("mounting a tmpfs on the host");
+    let t = start("ro-submount", mode);
+    let data = t.work.join("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    chown_to_user(&data);
+    let _sub = HostMount::tmpfs(&data.join("sub"));
+    let script = r#"for f in /data/top /data/sub/below; do echo x > "$f" && echo "wrote $f"; done; true"#;
+    let bind = |opt: &str| format!("{}:/data{opt}", data.display());
+
+    let out = run(&mut t.app(app(), mode, &["--bundle-bind", &bind(""), "--bundle-shell", "-c", script]));
+    out.assert_success().assert_stdout("wrote /data/top\nwrote /data/sub/below\n");
+    assert!(data.join("sub/below").is_file(), "the write went to the host's tmpfs\n{out}");
+
+    let out = run(&mut t.app(app(), mode, &["--bundle-bind", &bind(":ro"), "--bundle-shell", "-c", script]));
+    out.assert_success().assert_stdout("");
+    for f in ["/data/top", "/data/sub/below"] {
+        assert!(out.stderr().contains(&format!("{f}: Read-only file system")), "{f} should be EROFS\n{out}");
+    }
+}
+
+/// A mount the host makes under a bound directory after a container started (an
+/// automounted home or project directory) is seen by a later run joining it.
+fn host_mounts_reach_a_lingering_container(mode: Mode) {
+    require_root("mounting on the host");
+    let t = start("automount", mode);
+    let auto = t.work.join("auto");
+    fs::create_dir_all(auto.join("later")).unwrap();
+    let _shared = HostMount::shared(&auto);
+    let spec = format!("{}:/projects", auto.display());
+    let joined = |args: &[&str]| {
+        let mut c = t.app(app(), mode, &[&["--bundle-bind", spec.as_str()], args].concat());
+        c.env("BUNDLE_LINGER", "5").env("BUNDLE_SHARE", &t.id);
+        run(&mut c)
+    };
+    // `mnt:[N]`, the mount namespace (busybox has no readlink here).
+    let namespace = r#"l=$(ls -l /proc/self/ns/mnt); echo "${l##* }""#;
+    let first = joined(&["--bundle-shell", "-c", namespace]);
+    first.assert_success();
+
+    let _later = HostMount::tmpfs(&auto.join("later"));
+    fs::write(auto.join("later/marker"), "mounted later\n").unwrap();
+    let second = joined(&["--bundle-shell", "-c", &format!("{namespace}; cat /projects/later/marker")]);
+    second.assert_success();
+    assert_eq!(second.lines(), [first.stdout().trim(), "mounted later"], "the same container, the new mount\n{second}");
+    t.assert_no_processes(Duration::from_secs(15));
+}
+
+// ---------------------------------------------------------------------------------------
 // Mode selection
 
 #[test]
@@ -341,11 +396,9 @@ fn automatic_mode_is_fuse_when_usable() {
 
 #[test]
 fn automatic_mode_falls_back_to_extract_without_fuse() {
+    require_root("masking /dev/fuse for one test");
     let t = Test::new("auto-extract");
-    let Some(mut cmd) = t.cmd_without_fuse(app()) else {
-        eprintln!("skipped: masking /dev/fuse for one test needs root");
-        return;
-    };
+    let mut cmd = t.cmd_without_fuse(app()).unwrap();
     cmd.args(["args", "a b"]);
     run(&mut cmd).assert_success().assert_stdout("[a b]\n");
     let tree = t.cache.join("images").join(read_trailer(app()).image_sha256);
@@ -914,8 +967,8 @@ fn error_no_user_namespaces() {
     // bundle runs there.
     let t = Test::new("err-userns");
     for mode in [Mode::Extract, Mode::Fuse] {
-        if mode == Mode::Fuse && !fuse_usable() {
-            continue;
+        if mode == Mode::Fuse {
+            require_fuse();
         }
         let mut cmd = t.cmd("unshare");
         set_mode(&mut cmd, mode);

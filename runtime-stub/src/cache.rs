@@ -21,7 +21,8 @@ pub fn cache_root() -> Result<PathBuf> {
 /// The extracted tree of this bundle's image, unpacking it on first use. Concurrent
 /// runs (all ranks of a job on a node) take a lock: one unpacks, the others wait and
 /// reuse. The tree is published by an atomic rename, so a reader never sees half of it.
-pub fn cached_tree(bundle: &Bundle, image: &Image) -> Result<PathBuf> {
+/// `open` gives the image, and is called only when the tree must be unpacked.
+pub fn cached_tree(bundle: &Bundle, open: impl FnOnce() -> Result<Image>) -> Result<PathBuf> {
     let images = cache_root()?.join("images");
     let digest = bundle.image_digest();
     let tree = images.join(&digest);
@@ -48,9 +49,10 @@ pub fn cached_tree(bundle: &Bundle, image: &Image) -> Result<PathBuf> {
         return Ok(tree);
     }
     remove_leftovers(&images, &digest);
-    bundle.verify_image().map_err(|e| Error(e.to_string()))?;
+    bundle.verify_image().context(|| "the image does not verify".to_string())?;
+    let image = open()?;
     let tmp = images.join(format!(".tmp-{digest}-{}", std::process::id()));
-    let result = extract::to_dir(image, &tmp)
+    let result = extract::to_dir(&image, &tmp)
         .map_err(|e| Error(format!("cannot unpack the image into the cache: {e}")))
         .map(drop)
         .and_then(|()| fs::rename(&tmp, &tree).context(|| format!("cannot publish {}", tree.display())));

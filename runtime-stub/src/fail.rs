@@ -7,17 +7,14 @@ use std::fmt::Display;
 
 pub const EXIT_RUNTIME_ERROR: i32 = 255;
 
-/// An error message ready for the user: what went wrong and, where we know, what to do.
+/// An error message ready for the user: what went wrong, on which path, and, where we
+/// know, what to do. There is deliberately no blanket `From` for other errors: a `?`
+/// must say what it was doing ([`Context`]), so that no message reaches the user as a
+/// bare `Permission denied`.
 #[derive(Debug)]
 pub struct Error(pub String);
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-impl<T: Display> From<T> for Error {
-    fn from(e: T) -> Self {
-        Error(e.to_string())
-    }
-}
 
 /// Adds what we were doing to a low-level error (`cannot mount /proc: EPERM`).
 pub trait Context<T> {

@@ -7,8 +7,10 @@
 //! never changes, so the kernel may cache everything forever: long entry and attribute
 //! timeouts, `FOPEN_KEEP_CACHE`, cached directories.
 
+use crate::daemon;
 use crate::fail::{Context, Error, Result};
 use crate::plan::Kind;
+use crate::steps::OLDROOT;
 use bundle_squashfs::{DirCookie, Image, Inode, InodeRef, Kind as NodeKind};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -19,9 +21,11 @@ use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
-use nix::unistd::{chdir, chroot, fork, getppid, pipe, read, setsid, write, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{chdir, chroot, getppid, setsid, Gid, Pid, Uid};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -58,72 +62,50 @@ pub fn mount_image(
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
-    .context(|| "cannot mount the FUSE file system".to_string())?;
+    .context(|| format!("cannot mount the FUSE file system at {}", at.display()))?;
     spawn_server(fs, dev)
 }
 
 /// Forks the server and waits until it no longer depends on our mount layout.
 fn spawn_server(fs: ImageFs, dev: OwnedFd) -> Result<()> {
-    let (ready_r, ready_w) = pipe()?;
     let parent = nix::unistd::getpid();
-    // SAFETY: we are single-threaded here, so the child may run arbitrary code.
-    match unsafe { fork() }.context(|| "cannot fork the FUSE server".to_string())? {
-        ForkResult::Child => {
-            drop(ready_r);
-            let status = match serve(fs, dev, parent, ready_w) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("bundle: FUSE server: {}", e.0);
-                    1
-                }
-            };
-            std::process::exit(status)
+    let (_, mut ready) = daemon::fork_reporting("the FUSE server", |ready| match serve(fs, dev, parent, ready) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bundle: FUSE server: {}", e.0);
+            1
         }
-        ForkResult::Parent { .. } => {
-            drop(ready_w);
-            drop(dev);
-            let mut b = [0u8; 1];
-            match read(&ready_r, &mut b) {
-                Ok(1) => Ok(()),
-                _ => Err(Error("the FUSE server failed to start".into())),
-            }
-        }
+    })?;
+    let mut b = [0u8; 1];
+    match ready.read(&mut b) {
+        Ok(1) => Ok(()),
+        _ => Err(Error("the FUSE server failed to start".into())),
     }
 }
 
-fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, ready: OwnedFd) -> Result<()> {
+fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, mut ready: File) -> Result<()> {
     // Die with the application, whatever kills it (SIGKILL included).
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).context(|| "cannot set the parent-death signal".to_string())?;
     if getppid() != parent {
         return Ok(());
     }
-    crate::keeper::ignore_job_signals();
+    daemon::ignore_job_signals();
     let _ = setsid();
     // The host root, where /dev/fuse is, stays our root whatever the parent pivots to;
     // extra channels (one per thread) are opened by path.
-    chroot(crate::rootfs::OLDROOT)?;
-    chdir("/")?;
-    silence_stdio();
-    write(&ready, b"r")?;
+    chroot(OLDROOT).context(|| format!("cannot chroot to {OLDROOT}"))?;
+    chdir("/").context(|| format!("cannot enter {OLDROOT}"))?;
+    daemon::silence_stdio();
+    ready.write_all(b"r").context(|| "cannot report that the FUSE server is ready".to_string())?;
     drop(ready);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
     let mut config = Config::default();
     config.n_threads = Some(threads);
     config.clone_fd = true;
-    let session = Session::from_fd(fs, dev, SessionACL::Owner, config)?;
-    session.run()?;
+    let session =
+        Session::from_fd(fs, dev, SessionACL::Owner, config).context(|| "cannot start the FUSE session".to_string())?;
+    session.run().context(|| "the FUSE session failed".to_string())?;
     Ok(())
-}
-
-/// The server keeps no terminal or pipe of the caller open: `$(./app.sif)` must see EOF
-/// when the application closes its output.
-pub fn silence_stdio() {
-    if let Ok(null) = open("/dev/null", OFlag::O_RDWR, Mode::empty()) {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors, which we own.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
 }
 
 /// FUSE inode numbers. The root is FUSE's 1; every other image inode is its inode

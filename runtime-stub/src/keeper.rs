@@ -8,14 +8,15 @@
 //! namespaces lose their last process and the kernel takes the mounts down with them;
 //! the FUSE server, its child, dies with it (`PR_SET_PDEATHSIG`).
 
-use crate::fail::{Error, Result};
+use crate::daemon;
+use crate::fail::{Context, Error, Result};
 use crate::session::JOINED;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, signal, SigHandler, Signal};
+use nix::sys::signal::kill;
 use nix::sys::socket::{getsockopt, sendmsg, sockopt::PeerCredentials, ControlMessage, MsgFlags};
 use nix::sys::wait::waitpid;
-use nix::unistd::{fork, pipe, setsid, ForkResult, Pid, Uid};
+use nix::unistd::{fork, setsid, ForkResult, Pid, Uid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -26,39 +27,36 @@ use std::time::{Duration, Instant};
 /// finished container) and then serves joins on `listener`. Returns once the keeper is
 /// ready, or with the error that stopped it.
 pub fn start(listener: UnixListener, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
-    let (report_r, report_w) = pipe()?;
-    // SAFETY: single-threaded; the children run only our own code.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            drop(report_r);
-            let _ = setsid();
-            // SAFETY: as above. The middle process exits at once, so the keeper is
-            // re-parented away from the rank.
-            if let Ok(ForkResult::Child) = unsafe { fork() } {
-                run_keeper(listener, File::from(report_w), linger, build);
-            }
-            // SAFETY: leave without running the parent's atexit handlers or destructors.
-            unsafe { libc::_exit(0) }
+    let (middle, report) = daemon::fork_reporting("the container keeper", |report| {
+        let _ = setsid();
+        // SAFETY: single-threaded; the middle process exits at once, so the keeper is
+        // re-parented away from the rank.
+        if let Ok(ForkResult::Child) = unsafe { fork() } {
+            run_keeper(listener, report, linger, build);
         }
-        ForkResult::Parent { child } => {
-            drop(report_w);
-            drop(listener);
-            let _ = waitpid(child, None);
-            // One line: the FUSE server inherits the pipe, so it may never reach EOF.
-            let mut report = String::new();
-            let _ = BufReader::new(File::from(report_r)).read_line(&mut report);
-            let report = report.trim_end();
-            match report.strip_prefix('R') {
-                Some(_) => Ok(()),
-                None if report.is_empty() => Err(Error("the container keeper died while starting".into())),
-                None => Err(Error(report.trim_start_matches('E').to_string())),
-            }
-        }
+        // SAFETY: leave without running the parent's atexit handlers or destructors.
+        unsafe { libc::_exit(0) }
+    })?;
+    let _ = waitpid(middle, None);
+    // One line: the FUSE server inherits the pipe, so it may never reach EOF.
+    let mut report_line = String::new();
+    let _ = BufReader::new(report).read_line(&mut report_line);
+    read_report(report_line.trim_end())
+}
+
+/// The keeper's one line: `R` when ready, `E` and the message when it failed.
+fn read_report(line: &str) -> Result<()> {
+    if line.starts_with('R') {
+        return Ok(());
+    }
+    match line.strip_prefix('E') {
+        Some(message) => Err(Error(message.to_string())),
+        None => Err(Error("the container keeper died while starting".into())),
     }
 }
 
 fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {
-    ignore_job_signals();
+    daemon::ignore_job_signals();
     let own_user = match build() {
         Ok(own_user) => own_user,
         Err(e) => fail(report, e),
@@ -69,7 +67,7 @@ fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build:
     };
     let _ = report.write_all(b"R\n");
     drop(report);
-    crate::fuse::silence_stdio();
+    daemon::silence_stdio();
     serve(listener, &ns, linger);
     std::process::exit(0)
 }
@@ -79,31 +77,18 @@ fn fail(mut report: File, e: Error) -> ! {
     std::process::exit(1)
 }
 
-/// Signals meant for the application (a terminal's ^C, `scancel`'s SIGTERM) must not
-/// take the container away while the application is still handling them.
-pub fn ignore_job_signals() {
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGPIPE,
-    ] {
-        // SAFETY: SIG_IGN installs no handler code.
-        let _ = unsafe { signal(s, SigHandler::SigIgn) };
-    }
-}
-
 /// The namespaces a rank must join: user (if we made one) and mount.
 fn namespace_fds(own_user: bool) -> Result<Vec<OwnedFd>> {
     let mut fds = Vec::new();
     if own_user {
-        fds.push(File::open("/proc/self/ns/user")?.into());
+        fds.push(open_namespace("/proc/self/ns/user")?);
     }
-    fds.push(File::open("/proc/self/ns/mnt")?.into());
+    fds.push(open_namespace("/proc/self/ns/mnt")?);
     Ok(fds)
+}
+
+fn open_namespace(path: &str) -> Result<OwnedFd> {
+    Ok(File::open(path).context(|| format!("cannot open {path}"))?.into())
 }
 
 struct Member {
@@ -213,4 +198,16 @@ fn admit(stream: &UnixStream, me: Uid, ns: &[OwnedFd]) -> Option<Pid> {
     let cmsg = [ControlMessage::ScmRights(&raw)];
     sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&[JOINED])], &cmsg, MsgFlags::empty(), None).ok()?;
     Some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_report;
+
+    #[test]
+    fn a_keeper_error_reaches_the_user_whole() {
+        assert!(read_report("R").is_ok());
+        assert_eq!(read_report("EEMFILE: too many open files").unwrap_err().0, "EMFILE: too many open files");
+        assert_eq!(read_report("").unwrap_err().0, "the container keeper died while starting");
+    }
 }

@@ -4,19 +4,22 @@
 
 mod cache;
 mod container;
+mod daemon;
 mod exec;
 mod fail;
 mod fuse;
+mod host;
 mod keeper;
 mod loopdev;
 mod namespaces;
 mod options;
 mod plan;
-mod rootfs;
 mod session;
+mod steps;
+mod sys;
 
 use bundle_format::Bundle;
-use fail::{exit_with, Error, Result};
+use fail::{exit_with, Context, Error, Result};
 use options::{Action, Options};
 use std::path::Path;
 
@@ -37,12 +40,14 @@ fn run(opts: &Options) -> Result<()> {
         Action::Info => print!("{}", String::from_utf8_lossy(&bundle.metadata.to_json())),
         Action::Offset => println!("{}", bundle.trailer.image_offset),
         Action::Verify => {
-            bundle.verify_image()?;
+            bundle.verify_image().context(|| "the image does not verify".to_string())?;
             println!("ok: image sha256 {}", bundle.image_digest());
         }
         Action::Extract(dir) => {
-            let image = bundle_squashfs::Image::open(&bundle.file, bundle.trailer.image_offset)?;
-            bundle_squashfs::extract::to_dir(&image, dir)?;
+            let image = bundle_squashfs::Image::open(&bundle.file, bundle.trailer.image_offset)
+                .context(|| "cannot read the image".to_string())?;
+            bundle_squashfs::extract::to_dir(&image, dir)
+                .context(|| format!("cannot unpack the image into {}", dir.display()))?;
         }
         Action::Run | Action::Exec | Action::Shell | Action::Help => match container::run(&bundle, opts)? {},
     }

@@ -6,13 +6,12 @@
 
 use crate::fail::{Error, Result};
 use nix::errno::Errno;
-use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{Gid, Uid};
 use std::fs;
 
-/// Enters new user and mount namespaces with uid and gid mapped to themselves, and
-/// stops mount events from propagating back to the host.
+/// Enters new user and mount namespaces with uid and gid mapped to themselves. (How
+/// mounts propagate is the first of the start-up steps, `steps.rs`.)
 pub fn enter(uid: Uid, gid: Gid) -> Result<()> {
     if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
         return Err(explain_unshare(e));
@@ -24,18 +23,13 @@ pub fn enter(uid: Uid, gid: Gid) -> Result<()> {
         .map_err(|e| Error(format!("cannot write /proc/self/uid_map: {e}")))?;
     fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))
         .map_err(|e| Error(format!("cannot write /proc/self/gid_map: {e}")))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| Error(format!("cannot make the mount namespace private: {e}")))?;
     Ok(())
 }
 
 /// Kernel mode, as root: a mount namespace is all we need (and a user namespace would
 /// only take away the right to mount a block device).
 pub fn enter_mount_only() -> Result<()> {
-    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("cannot create a mount namespace: {e}")))?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(|e| Error(format!("cannot make the mount namespace private: {e}")))?;
-    Ok(())
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("cannot create a mount namespace: {e}")))
 }
 
 fn explain_unshare(e: Errno) -> Error {

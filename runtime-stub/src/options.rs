@@ -4,6 +4,7 @@
 use crate::fail::{Error, Result};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -56,7 +57,7 @@ pub struct Options {
     /// `--bundle-share=off|KEY`: no sharing, or this session key instead of the job's.
     pub share: Option<String>,
     /// `--bundle-linger=SECS`: how long the container outlives its last user.
-    pub linger: Option<f64>,
+    pub linger: Option<Duration>,
     /// `--bundle-bind SRC[:DST[:ro]]`, in order.
     pub binds: Vec<String>,
     /// `--bundle-cleanenv`: do not pass the caller's environment.
@@ -142,7 +143,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
             "--bundle-share" => opts.share = Some(value("off or a key")?.to_string_lossy().into_owned()),
             "--bundle-linger" => {
                 let v = value("a number of seconds")?;
-                let secs = v.to_str().and_then(|s| s.parse::<f64>().ok()).filter(|s| *s >= 0.0);
+                let secs = v.to_str().and_then(seconds);
                 opts.linger =
                     Some(secs.ok_or_else(|| Error(format!("--bundle-linger {v:?} is not a number of seconds")))?);
             }
@@ -161,6 +162,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
     }
     opts.args.extend(it);
     Ok(opts)
+}
+
+/// `SECS` with an optional fraction (`3`, `0.5`), as a duration. Decimal by hand: the
+/// float parser and its tables would cost the stub 15 KiB for this one use.
+pub fn seconds(s: &str) -> Option<Duration> {
+    let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) || fraction.len() > 9 {
+        return None;
+    }
+    let secs = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let nanos =
+        if fraction.is_empty() { 0 } else { fraction.parse::<u32>().ok()? * 10u32.pow(9 - fraction.len() as u32) };
+    Some(Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
@@ -187,6 +202,17 @@ mod tests {
         assert_eq!((o.action, o.mode), (Action::Exec, Some(Mode::Fuse)));
         assert_eq!(o.args, ["ls", "-l", "--bundle-x"]);
         assert_eq!(p(&["--bundle-extract", "d"]).unwrap().action, Action::Extract("d".into()));
+    }
+
+    #[test]
+    fn seconds_with_fractions() {
+        assert_eq!(seconds("3"), Some(Duration::from_secs(3)));
+        assert_eq!(seconds("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(seconds(".5"), Some(Duration::from_millis(500)));
+        assert_eq!(seconds("2."), Some(Duration::from_secs(2)));
+        for bad in ["", ".", "-1", "1e3", "x", "1.2.3", "0.0000000001"] {
+            assert_eq!(seconds(bad), None, "{bad}");
+        }
     }
 
     #[test]

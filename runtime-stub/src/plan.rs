@@ -1,5 +1,7 @@
 //! The mount plan: which host paths the container will see, and where, decided as data
-//! before any privileged call. `rootfs.rs` carries it out; the tests here need no root.
+//! before any privileged call, in two phases: [`resolve`] asks the host (before any
+//! namespace), [`Sources::place`] asks the image (kernel mode can only ask once the
+//! image is mounted). `steps.rs` turns the plan into mounts; the tests here need no root.
 //!
 //! The container's root is the image. Onto it go, in this order: the kernel's views
 //! (`/proc`, `/sys`, `/dev` with `/dev/shm`), the host's `/tmp`, the identity files in
@@ -107,13 +109,38 @@ impl Wanted {
     }
 }
 
-/// Builds the plan. `host` tells what a host path is and where its symlinks lead (as a
-/// bind would follow them); `image` tells what a path of the image is (not following them).
+/// The host phase's answer: every wanted bind whose source the host has, resolved, in
+/// order. Made before any namespace, so that a missing source is an early error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources(Vec<Source>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    /// Every symlink resolved (the host's root is not ours at bind time).
+    src: PathBuf,
+    /// Normalised.
+    dst: PathBuf,
+    kind: Kind,
+    optional: bool,
+    readonly: bool,
+    /// Same path inside as outside (as asked, before symlinks were resolved).
+    identity: bool,
+}
+
+/// Builds the plan: [`resolve`] on the host, then [`Sources::place`] in the image.
+#[cfg(test)]
 pub fn build(
     who: &Host,
     host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>,
     image: &dyn Fn(&Path) -> Option<Found>,
 ) -> Result<Plan, String> {
+    resolve(who, host)?.place(image)
+}
+
+/// The host phase: what the caller's situation asks to bind, each source looked up on
+/// the host. `host` tells what a host path is and where its symlinks lead (as a bind
+/// would follow them).
+pub fn resolve(who: &Host, host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>) -> Result<Sources, String> {
     let mut wanted: Vec<Wanted> =
         SYSTEM_DIRS.iter().chain(IDENTITY_FILES.iter()).map(|p| Wanted::identity(Path::new(p), true)).collect();
     wanted.extend(who.home.iter().map(|h| Wanted::identity(h, true)));
@@ -126,22 +153,11 @@ pub fn build(
         readonly: b.readonly,
     }));
 
-    let mut plan = Plan::default();
+    let mut sources = Vec::new();
     for w in wanted {
         let dst = normalise(&w.dst)?;
         let wanted_src = normalise(&w.src)?;
         let identity = wanted_src == dst;
-        if let Some(outer) = plan.binds.iter().find(|b| dst.starts_with(&b.dst)) {
-            if identity && !w.readonly {
-                continue; // already visible through `outer`
-            }
-            return Err(format!(
-                "cannot bind {} at {}: it lies inside {}, which is bound from the host; choose another destination",
-                w.src.display(),
-                dst.display(),
-                outer.dst.display()
-            ));
-        }
         if dst == Path::new("/") {
             if w.optional || identity {
                 continue;
@@ -154,21 +170,44 @@ pub fn build(
             _ if w.optional => continue,
             _ => return Err(format!("cannot bind {}: it does not exist on the host", w.src.display())),
         };
-        match place_in_image(&dst, kind, image) {
-            Ok(missing) => {
-                // Two binds under one missing directory need it made once.
-                for m in missing {
-                    if !plan.mount_points.contains(&m) {
-                        plan.mount_points.push(m);
+        sources.push(Source { src, dst, kind, optional: w.optional, readonly: w.readonly, identity });
+    }
+    Ok(Sources(sources))
+}
+
+impl Sources {
+    /// The image phase: where each source goes, against what the image has. `image`
+    /// tells what a path of the image is (not following symlinks).
+    pub fn place(&self, image: &dyn Fn(&Path) -> Option<Found>) -> Result<Plan, String> {
+        let mut plan = Plan::default();
+        for s in &self.0 {
+            if let Some(outer) = plan.binds.iter().find(|b| s.dst.starts_with(&b.dst)) {
+                if s.identity && !s.readonly {
+                    continue; // already visible through `outer`
+                }
+                return Err(format!(
+                    "cannot bind {} at {}: it lies inside {}, which is bound from the host; choose another destination",
+                    s.src.display(),
+                    s.dst.display(),
+                    outer.dst.display()
+                ));
+            }
+            match place_in_image(&s.dst, s.kind, image) {
+                Ok(missing) => {
+                    // Two binds under one missing directory need it made once.
+                    for m in missing {
+                        if !plan.mount_points.contains(&m) {
+                            plan.mount_points.push(m);
+                        }
                     }
                 }
+                Err(_) if s.optional && !SYSTEM_DIRS.contains(&s.dst.to_str().unwrap_or("")) => continue,
+                Err(why) => return Err(why),
             }
-            Err(_) if w.optional && !SYSTEM_DIRS.contains(&dst.to_str().unwrap_or("")) => continue,
-            Err(why) => return Err(why),
+            plan.binds.push(Bind { src: s.src.clone(), dst: s.dst.clone(), kind: s.kind, readonly: s.readonly });
         }
-        plan.binds.push(Bind { src, dst, kind, readonly: w.readonly });
+        Ok(plan)
     }
-    Ok(plan)
 }
 
 /// Checks that `dst` can receive a bind of `kind` in the image: every existing

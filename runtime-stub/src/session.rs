@@ -54,7 +54,8 @@ pub fn attach(key: &str, start: impl FnOnce(UnixListener) -> Result<()>) -> Resu
     let mut name = format!("bundle/{me}/{key}");
     let mut start = Some(start);
     for _ in 0..200 {
-        let addr = SocketAddr::from_abstract_name(&name)?;
+        let addr =
+            SocketAddr::from_abstract_name(&name).context(|| format!("cannot name the session socket @{name}"))?;
         match ask(&addr, me) {
             Answer::Joined(fds) => return enter(fds),
             Answer::Retry => continue,

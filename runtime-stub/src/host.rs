@@ -1,0 +1,127 @@
+//! What the stub learns from the host before it makes anything: the launcher's
+//! rendezvous directories (variables, Slurm's `mpi.conf`), the user's binds
+//! (`BUNDLE_BIND`, the flags, the bundle's own), the linger, and the mode.
+
+use crate::fail::{Context, Error, Result};
+use crate::fuse;
+use crate::options::{self, Mode, Options};
+use crate::plan::{Found, Host, UserBind};
+use bundle_format::Bundle;
+use nix::unistd::geteuid;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a container outlives its last user unless told otherwise.
+const DEFAULT_LINGER: Duration = Duration::from_secs(3);
+
+/// Launchers' variables that name a directory their ranks must reach: Open MPI's and
+/// PMIx's rendezvous and session directories, and the job's scratch directory.
+const RENDEZVOUS_VARS: [&str; 6] = [
+    "PMIX_SERVER_TMPDIR",
+    "PMIX_SYSTEM_TMPDIR",
+    "OMPI_MCA_orte_tmpdir_base",
+    "PRTE_MCA_prte_tmpdir_base",
+    "SLURM_PMIX_TMPDIR",
+    "TMPDIR",
+];
+
+/// The caller's situation as the plan needs it: working directory, home, the launcher's
+/// rendezvous directories and the user's binds.
+pub fn caller(bundle: &Bundle, opts: &Options) -> Result<Host> {
+    let cwd = std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    // Only what the standard binds do not already show: Slurm sets TMPDIR=/tmp for some
+    // tasks of a step and not for others, and they must still share one container.
+    let rendezvous =
+        uncovered(rendezvous_dirs(), [Path::new("/tmp"), cwd.as_path()].into_iter().chain(home.as_deref()));
+    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)? })
+}
+
+/// The directories the launcher's PMIx server expects its ranks to reach.
+fn rendezvous_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = RENDEZVOUS_VARS.iter().filter_map(std::env::var_os).map(PathBuf::from).collect();
+    dirs.extend(slurm_pmix_client_dir());
+    dirs.retain(|p| p.is_absolute());
+    dirs
+}
+
+/// Under `srun --mpi=pmix`, Open MPI makes its session directory in Slurm's
+/// `PMIxCliTmpDirBase` (from `mpi.conf`), which no variable names: read it where Slurm
+/// keeps its configuration.
+fn slurm_pmix_client_dir() -> Option<PathBuf> {
+    let pmix = std::env::var("PMIX_NAMESPACE").is_ok_and(|ns| ns.starts_with("slurm.pmix."))
+        || std::env::var("SLURM_MPI_TYPE").is_ok_and(|t| t.starts_with("pmix"));
+    if !pmix {
+        return None;
+    }
+    let conf = std::env::var_os("SLURM_CONF").map(PathBuf::from).unwrap_or_else(|| "/etc/slurm/slurm.conf".into());
+    let text = fs::read_to_string(conf.parent()?.join("mpi.conf")).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("PMIxCliTmpDirBase")).then(|| PathBuf::from(v.trim()))
+    })
+}
+
+/// Leaves out the paths that `shown` (other binds) already make visible.
+fn uncovered<'a>(paths: Vec<PathBuf>, shown: impl Iterator<Item = &'a Path>) -> Vec<PathBuf> {
+    let shown: Vec<&Path> = shown.filter(|s| *s != Path::new("/")).collect();
+    paths.into_iter().filter(|p| !shown.iter().any(|s| p.starts_with(s))).collect()
+}
+
+/// The bundle's default binds, then `BUNDLE_BIND` (comma-separated), then the flags.
+fn user_binds(bundle: &Bundle, opts: &Options) -> Result<Vec<UserBind>> {
+    let from_env = std::env::var("BUNDLE_BIND").unwrap_or_default();
+    bundle
+        .metadata
+        .binds
+        .iter()
+        .map(String::as_str)
+        .chain(from_env.split(',').map(str::trim).filter(|s| !s.is_empty()))
+        .chain(opts.binds.iter().map(String::as_str))
+        .map(|spec| UserBind::parse(spec).map_err(Error))
+        .collect()
+}
+
+/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else fuse where
+/// `/dev/fuse` can be opened, else extract.
+pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
+    let root = geteuid().is_root();
+    let forced = match (flag, std::env::var("BUNDLE_MODE")) {
+        (Some(m), _) => Some(m),
+        (None, Ok(v)) if !v.is_empty() => Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?),
+        _ => None,
+    };
+    match forced {
+        Some(Mode::Kernel) if !root => {
+            Err(Error("kernel mode needs root (CAP_SYS_ADMIN); use --bundle-mode=fuse or extract".into()))
+        }
+        Some(Mode::Kernel) => Ok(Mode::Kernel),
+        Some(Mode::Fuse) => match fuse::open_device_in(Path::new("/")) {
+            Ok(_) => Ok(Mode::Fuse),
+            Err(e) => Err(Error(format!("fuse mode: {}; use --bundle-mode=extract", e.0))),
+        },
+        Some(Mode::Extract) => Ok(Mode::Extract),
+        None if root && Path::new("/dev/loop-control").exists() => Ok(Mode::Kernel),
+        None if fuse::open_device_in(Path::new("/")).is_ok() => Ok(Mode::Fuse),
+        None => Ok(Mode::Extract),
+    }
+}
+
+/// `--bundle-linger`, else `BUNDLE_LINGER`, in seconds (fractions allowed).
+pub fn linger(flag: Option<Duration>) -> Result<Duration> {
+    match (flag, std::env::var("BUNDLE_LINGER")) {
+        (Some(d), _) => Ok(d),
+        (None, Ok(v)) if !v.is_empty() => {
+            options::seconds(&v).ok_or_else(|| Error(format!("BUNDLE_LINGER={v} is not a number of seconds")))
+        }
+        _ => Ok(DEFAULT_LINGER),
+    }
+}
+
+/// What a host path is, and where its symlinks lead (as a bind follows them).
+pub fn host_found(p: &Path) -> Option<(Found, PathBuf)> {
+    let real = fs::canonicalize(p).ok()?;
+    let m = fs::metadata(&real).ok()?;
+    Some((if m.is_dir() { Found::Dir } else { Found::File }, real))
+}
