@@ -982,6 +982,54 @@ fn error_no_user_namespaces() {
     }
 }
 
+/// A bundle of a dynamically linked probe (the closure brings its libraries).
+fn dynamic_probe_bundle(t: &Test) -> PathBuf {
+    let exe = t.dir.join("probe-dyn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/probe.c");
+    run(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&exe).arg(&src)).assert_success();
+    Build::new()
+        .arg("--file")
+        .arg(format!("{}=/usr/bin/probe", exe.display()))
+        .entrypoint("/usr/bin/probe")
+        .build(&t.dir.join("dynamic.sif"))
+}
+
+#[test]
+fn host_mode_where_no_namespace_can_be_made() {
+    // bubblewrap's --disable-userns: a user namespace in which no further one can be
+    // made (unshare fails with ENOSPC), as under a seccomp filter or a nested limit.
+    let t = Test::new("host-mode");
+    let sif = dynamic_probe_bundle(&t);
+    let denied = |mode: Mode, args: &[&str]| {
+        let mut c = t.cmd("bwrap");
+        c.args(["--unshare-user", "--disable-userns", "--bind", "/", "/", "--proc", "/proc"])
+            .args(["--dev-bind", "/dev", "/dev", "--chdir"])
+            .arg(&t.work)
+            .arg(&sif)
+            .args(args);
+        set_mode(&mut c, mode);
+        c
+    };
+    // Chosen by itself: the program runs, with the image's libraries, from the cache.
+    run(&mut denied(Mode::Auto, &["args", "a b", "c"])).assert_success().assert_stdout("[a b]\n[c]\n");
+    let root = run(&mut denied(Mode::Auto, &["env", "BUNDLE_ROOT"])).assert_success().stdout();
+    let root = root.trim_end();
+    assert!(root.starts_with(t.cache.join("images").to_str().unwrap()), "{root}");
+    let libs = run(&mut denied(Mode::Auto, &["libs"])).assert_success().lines();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{libs:?}");
+    assert!(libs.iter().all(|l| l.starts_with(root)), "libraries from outside the image: {libs:?}");
+    run(&mut denied(Mode::Auto, &["cwd"])).assert_success().assert_stdout(&format!("{}\n", t.work.display()));
+    run(&mut denied(Mode::Auto, &["exit", "7"])).assert_code(7);
+    // A forced namespace mode says why it cannot run, and what to do.
+    for mode in [Mode::Fuse, Mode::Extract] {
+        run(&mut denied(mode, &["args"])).assert_bundle_error("--bundle-mode=host");
+    }
+    // Forced where namespaces work: the same.
+    let mut c = t.app(&sif, Mode::Auto, &["args", "forced"]);
+    c.env("BUNDLE_MODE", "host");
+    run(&mut c).assert_success().assert_stdout("[forced]\n");
+}
+
 #[test]
 fn error_unwritable_cache_dir() {
     let t = Test::new("err-cache");

@@ -4,6 +4,7 @@
 
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
+use crate::namespaces;
 use crate::options::{self, Mode, Options};
 use crate::plan::{Found, Host, UserBind};
 use bundle_format::Bundle;
@@ -83,16 +84,20 @@ fn user_binds(bundle: &Bundle, opts: &Options) -> Result<Vec<UserBind>> {
         .collect()
 }
 
-/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else fuse where
-/// `/dev/fuse` can be opened, else extract.
-pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
+/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else host where the host's
+/// settings forbid user namespaces, else fuse where `/dev/fuse` can be opened, else
+/// extract. The second value says whether the mode was forced.
+pub fn choose_mode(flag: Option<Mode>) -> Result<(Mode, bool)> {
     let root = geteuid().is_root();
     let forced = match (flag, std::env::var("BUNDLE_MODE")) {
         (Some(m), _) => Some(m),
         (None, Ok(v)) if !v.is_empty() => Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?),
         _ => None,
     };
-    match forced {
+    let chosen = match forced {
+        Some(Mode::Fuse | Mode::Extract) if !root && namespaces::known_limit().is_some() => {
+            Err(Error(format!("{}: {}", namespaces::UNAVAILABLE, namespaces::known_limit().unwrap_or_default())))
+        }
         Some(Mode::Kernel) if !root => {
             Err(Error("kernel mode needs root (CAP_SYS_ADMIN); use --bundle-mode=fuse or extract".into()))
         }
@@ -102,10 +107,13 @@ pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
             Err(e) => Err(Error(format!("fuse mode: {}; use --bundle-mode=extract", e.0))),
         },
         Some(Mode::Extract) => Ok(Mode::Extract),
+        Some(Mode::Host) => Ok(Mode::Host),
         None if root && Path::new("/dev/loop-control").exists() => Ok(Mode::Kernel),
+        None if !root && namespaces::known_limit().is_some() => Ok(Mode::Host),
         None if fuse::open_device_in(Path::new("/")).is_ok() => Ok(Mode::Fuse),
         None => Ok(Mode::Extract),
-    }
+    };
+    chosen.map(|m| (m, forced.is_some()))
 }
 
 /// `--bundle-linger`, else `BUNDLE_LINGER`, in seconds (fractions allowed).

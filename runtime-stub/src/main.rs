@@ -9,6 +9,7 @@ mod exec;
 mod fail;
 mod fuse;
 mod host;
+mod host_mode;
 mod keeper;
 mod loopdev;
 mod namespaces;
