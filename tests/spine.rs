@@ -384,6 +384,45 @@ fn fuse_server_lives_while_the_application_runs() {
     t.assert_no_processes(Duration::from_secs(3));
 }
 
+/// The parent pid of `pid`, from /proc.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_dead_fuse_server_ends_its_container_and_the_next_run_works() {
+    let t = start("server-death", Mode::Fuse);
+    let shared = |linger: &str, args: &[&str]| {
+        let mut c = t.app(app(), Mode::Fuse, args);
+        c.env("BUNDLE_SHARE", "server-death").env("BUNDLE_LINGER", linger);
+        c
+    };
+    let mut p = Running::spawn(&mut shared("60", &["wait-signal"]));
+    p.wait_for_line("ready", READY);
+    let procs: Vec<i32> = t.processes().iter().map(|(pid, _)| *pid).filter(|&pid| pid != p.pid()).collect();
+    // The keeper and its child, the FUSE server.
+    let server = procs.iter().copied().find(|&s| parent_pid(s).is_some_and(|pp| procs.contains(&pp)));
+    let server = server.unwrap_or_else(|| panic!("no FUSE server among {procs:?}"));
+    let keeper = parent_pid(server).unwrap();
+    // Named, so that `ps -e` and `top` tell them from the application.
+    let comm = |pid: i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!((comm(keeper).trim(), comm(server).trim()), ("bundle-keeper", "bundle-fuse"));
+    // SAFETY: kill of a process of this test.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    // The keeper leaves at once, not after its 60 s of linger, though a member still runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fs::read_to_string(format!("/proc/{keeper}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "the keeper {keeper} outlived its FUSE server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A run under the same key gets a new container.
+    run(&mut shared("0", &["args", "again"])).assert_success().assert_stdout("[again]\n");
+    p.signal(libc::SIGTERM);
+    p.finish(SHORT).assert_code(64 + libc::SIGTERM);
+    t.assert_no_processes(Duration::from_secs(5));
+}
+
 #[test]
 fn automatic_mode_is_fuse_when_usable() {
     let t = start("auto-fuse", Mode::Auto);
