@@ -212,23 +212,40 @@ fn keeper_killed_in_extract_mode_the_application_does_not_notice() {
     out.assert_success().assert_stdout(&want);
 }
 
-#[test]
-#[ignore = "issue 11: keeper does not notice a dead FUSE server yet (being fixed)"]
-fn fuse_server_killed_the_application_gets_an_error_and_the_next_run_works() {
+/// Starts a run that waits to read `/data/big`, kills the FUSE server under it, and
+/// checks that the run's read fails rather than hangs. Returns the bundle, the session
+/// key and what `probe sum /data/big` prints.
+fn kill_the_fuse_server_under_a_run(t: &Test) -> (PathBuf, String, String) {
     require_fuse();
-    let t = Test::new("kill-fuse-server");
     let (app, want) = data_bundle(t.dir.path(), "app", 4);
     let key = format!("kill-server-{}", t.id);
-    let mut a = Running::spawn(&mut shared(&t, &app, Mode::Fuse, &key, "30", &["read-on-signal", "/data/big"]));
+    let mut a = Running::spawn(&mut shared(t, &app, Mode::Fuse, &key, "30", &["read-on-signal", "/data/big"]));
     a.wait_for_line("ready", READY);
-    let keeper = the_keeper(&t, &app);
+    let keeper = the_keeper(t, &app);
     let server = children(keeper);
     assert_eq!(server.len(), 1, "the keeper's one child is the FUSE server: {server:?}");
     kill9(server[0]);
     wait_gone(server[0]);
     a.signal(libc::SIGUSR1);
-    let out = a.finish(NO_HANG);
-    assert_lost_server(&out);
+    assert_lost_server(&a.finish(NO_HANG));
+    (app, key, want)
+}
+
+#[test]
+fn fuse_server_killed_the_application_gets_an_error() {
+    let t = Test::new("kill-fuse-server");
+    kill_the_fuse_server_under_a_run(&t);
+    // The keeper lingers 30 s with a dead mount (see the next test): not for this test.
+    for pid in keepers(&t.id, &t.dir.join("app.sif")) {
+        kill9(pid);
+    }
+}
+
+#[test]
+#[ignore = "issue 11: keeper does not notice a dead FUSE server yet (being fixed)"]
+fn fuse_server_killed_the_next_run_works() {
+    let t = Test::new("kill-fuse-server-next");
+    let (app, key, want) = kill_the_fuse_server_under_a_run(&t);
     // A later run of the same session must not be handed the dead mount.
     let out = run(shared(&t, &app, Mode::Fuse, &key, "0", &["sum", "/data/big"]));
     out.assert_success().assert_stdout(&want);

@@ -377,10 +377,23 @@ fn two_nodes_sbatch_job_sbcasts_the_bundle_to_node_local_storage() {
             local = local.display()
         ),
     );
+    // The keepers run the node-local copies: one per node, each in its node's network
+    // namespace.
+    let watches: Vec<(&Node, KeeperWatch)> = slurm
+        .nodes()
+        .iter()
+        .map(|n| (n, KeeperWatch::start(&t.id, &slurm.local_dir_of(&n.name).join("app.sif"))))
+        .collect();
     let mut c = slurm.cmd(&t, "sbatch");
     two_node_env(&mut c);
     c.args(["--wait", "--quiet"]).arg(&script);
     let out = run_job(c, &slurm);
+    for (node, watch) in watches {
+        let seen = watch.stop();
+        let nets: BTreeSet<u64> = seen.keeper_netns.values().copied().collect();
+        assert_eq!(seen.keepers.len(), 1, "one keeper ran {}'s copy: {seen:?}", node.name);
+        assert_eq!(nets, BTreeSet::from([netns_inode(node)]), "{}'s keeper is in its network namespace", node.name);
+    }
     let job_out = fs::read_to_string(&output).unwrap_or_default();
     assert!(out.status.success(), "the job failed\n{out}\njob output:\n{job_out}\n{}", slurm.logs());
     let parsed = Out { stdout: job_out.clone().into_bytes(), ..out };
