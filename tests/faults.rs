@@ -440,6 +440,12 @@ fn home_unset_or_not_writable() {
         c.env_remove("HOME");
         run(&mut c).assert_success().assert_stdout(&want);
     }
+    // A home that does not exist on this node: fuse mode does not bind it, and runs.
+    if fuse_usable() {
+        let mut c = t.app(&app, Mode::Fuse, &["sum", "/data/big"]);
+        c.env("HOME", "/nonexistent-e2e/home");
+        run(&mut c).assert_success().assert_stdout(&want);
+    }
     // Extract mode without HOME nor BUNDLE_CACHE_DIR has no cache.
     let mut c = t.app(&app, Mode::Extract, &["sum", "/data/big"]);
     c.env_remove("HOME").env_remove("BUNDLE_CACHE_DIR");
