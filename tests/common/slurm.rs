@@ -61,6 +61,9 @@ pub struct Slurm {
     /// The nodes of a multi-node Slurm ([`Slurm::start_two_nodes`]); empty for the
     /// single-node one on 127.0.0.1.
     nodes: Vec<Node>,
+    /// The veth pair's name (without its `a`/`b` end), to delete on drop should it be
+    /// left on the host by a set-up that failed half-way.
+    veth: Option<String>,
 }
 
 /// A node of the two-node Slurm: a network namespace of its own (`ip netns add`), in
@@ -132,6 +135,7 @@ impl Slurm {
             pmix_dir,
             daemons: Vec::new(),
             nodes: Vec::new(),
+            veth: None,
         };
         if two_nodes {
             slurm.make_nodes();
@@ -311,6 +315,7 @@ impl Slurm {
         }
         // Interface names have at most 15 bytes.
         let veth = format!("bs{}x{}", pid % 100_000, n % 100);
+        self.veth = Some(veth.clone());
         let (n1, n2) = (&self.nodes[0], &self.nodes[1]);
         sh(&format!(
             "ip link add {veth}a type veth peer name {veth}b
@@ -432,6 +437,10 @@ impl Slurm {
         for node in self.nodes.drain(..) {
             // The veth pair goes with the namespaces.
             let _ = Command::new("ip").args(["netns", "del", &node.netns]).stderr(Stdio::null()).status();
+        }
+        if let Some(veth) = self.veth.take() {
+            // Normally gone with the namespaces already.
+            let _ = Command::new("ip").args(["link", "del", &format!("{veth}a")]).stderr(Stdio::null()).status();
         }
     }
 
