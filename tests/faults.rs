@@ -13,6 +13,7 @@ use e2e::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
@@ -289,25 +290,36 @@ fn bundle_build_killed_leaves_no_output_and_no_temporary_file() {
     fs::create_dir(&out_dir).expect("mkdir out");
     let target = out_dir.join("app.sif");
     let build = Build::new().dir(&root).entrypoint("/bin/probe").args(["--level", "1", "--threads", "1"]);
-    let p = Running::spawn(&mut build.command(&target));
-    // Kill it while it writes the image: once it has read part of the big file.
-    let deadline = Instant::now() + READY;
     let io = |pid: i32| {
         let s = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         s.lines().find_map(|l| l.strip_prefix("rchar: ")?.parse::<u64>().ok()).unwrap_or(0)
     };
-    while io(p.pid()) < 16 << 20 {
-        assert!(Instant::now() < deadline, "bundle build did not get going");
-        thread::sleep(Duration::from_millis(5));
-    }
-    p.signal(libc::SIGKILL);
-    let out = p.finish(NO_HANG);
-    assert_eq!(out.status.code(), None, "bundle build was still running when killed\n{out}");
+    // Kills a build while it writes the image: once it has read part of the big file.
+    let kill_a_build = |sig: i32| {
+        let p = Running::spawn(&mut build.command(&target));
+        let deadline = Instant::now() + READY;
+        while io(p.pid()) < 16 << 20 {
+            assert!(Instant::now() < deadline, "bundle build did not get going");
+            thread::sleep(Duration::from_millis(5));
+        }
+        p.signal(sig);
+        let out = p.finish(NO_HANG);
+        assert_eq!(out.status.signal(), Some(sig), "bundle build was still running when signalled\n{out}");
+    };
+    kill_a_build(libc::SIGKILL);
     assert_eq!(names(&out_dir), Vec::<String>::new(), "a killed build leaves nothing in the output directory");
     // The next build works.
     build.build(&target);
     run(t.app(&target, Mode::Auto, &["exit", "0"])).assert_success();
-    assert_eq!(names(&out_dir), ["app.sif"]);
+    // A rebuild killed (SIGKILL, a terminal's ^C, SIGTERM) leaves the old bundle as it was,
+    // and nothing else.
+    let before = identity(&target);
+    for sig in [libc::SIGKILL, libc::SIGINT, libc::SIGTERM] {
+        kill_a_build(sig);
+        assert_eq!(names(&out_dir), ["app.sif"], "after signal {sig}");
+        assert_eq!(identity(&target), before, "the old bundle is untouched after signal {sig}");
+    }
+    run(t.app(&target, Mode::Auto, &["exit", "0"])).assert_success();
 }
 
 #[test]
