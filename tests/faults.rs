@@ -168,6 +168,18 @@ fn fd_count(pid: i32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
 
+/// The descriptors of an idle keeper or server: the fewest seen over 300 ms (the keeper
+/// holds a run's pidfd until it has seen that run exit, a moment after the run's parent).
+fn settled_fd_count(pid: i32) -> usize {
+    (0..30)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(10));
+            fd_count(pid)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------
 // kill -9
 
@@ -568,16 +580,16 @@ fn five_hundred_runs_joining_one_lingering_keeper_do_not_grow_it() {
     let keeper = the_keeper(&t, &app);
     let server = children(keeper);
     assert_eq!(server.len(), 1, "the FUSE server: {server:?}");
-    let (fds, rss) = (fd_count(keeper), status_kb(keeper, "VmRSS:"));
-    let (server_fds, server_rss) = (fd_count(server[0]), status_kb(server[0], "VmRSS:"));
+    let (fds, rss) = (settled_fd_count(keeper), status_kb(keeper, "VmRSS:"));
+    let (server_fds, server_rss) = (settled_fd_count(server[0]), status_kb(server[0], "VmRSS:"));
     let started = Instant::now();
     for _ in 0..480 {
         once();
     }
     let elapsed = started.elapsed();
     assert_eq!(keepers(&t.id, &app), [keeper], "every run joined the same keeper");
-    let (fds2, rss2) = (fd_count(keeper), status_kb(keeper, "VmRSS:"));
-    let (server_fds2, server_rss2) = (fd_count(server[0]), status_kb(server[0], "VmRSS:"));
+    let (fds2, rss2) = (settled_fd_count(keeper), status_kb(keeper, "VmRSS:"));
+    let (server_fds2, server_rss2) = (settled_fd_count(server[0]), status_kb(server[0], "VmRSS:"));
     eprintln!(
         "500 runs in {elapsed:.1?} after 20: keeper fds {fds} -> {fds2}, VmRSS {rss} -> {rss2} kB; \
          FUSE server fds {server_fds} -> {server_fds2}, VmRSS {server_rss} -> {server_rss2} kB"
