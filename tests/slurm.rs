@@ -4,7 +4,11 @@
 //! 127.0.0.1, everything in a folder under /var/tmp). Needs root (slurmd); jobs run as
 //! the test user.
 //!
-//! One Slurm serves all tests of this file (they run in parallel; every job asks for
+//! Two more tests start a two-node Slurm of their own (`Slurm::start_two_nodes`: each
+//! slurmd in its own network namespace): `srun -N 2 -n 4 --mpi=pmix` and an `sbatch -N 2`
+//! job that `sbcast`s the bundle to node-local storage; one container per node.
+//!
+//! One Slurm serves all other tests of this file (they run in parallel; every job asks for
 //! `--oversubscribe`, the partition allows it); it stops when the test process exits.
 
 use e2e::mpi::*;
@@ -276,5 +280,134 @@ fn the_example_job_script_runs_the_example_mpi_program() {
         .collect();
     assert_eq!(namespaces.len(), 1, "the serial runs share the lingering container\n{job_out}");
     assert!(job_out.contains("ring: token 1, allreduce 1: ok"), "the MPI step\n{job_out}");
+    t.assert_no_processes(Duration::from_secs(8));
+}
+
+// ---------------------------------------------------------------------------------------
+// Two nodes: each slurmd in its own network namespace (common::slurm::Slurm::start_two_nodes)
+
+/// The test user's commands on the two-node Slurm: Open MPI's TCP transport between the
+/// nodes kept on their veth pair.
+fn two_node_env(c: &mut Command) {
+    c.env("BUNDLE_LINGER", LINGER).env("OMPI_MCA_btl_tcp_if_include", NODES_NET);
+}
+
+/// The inode of a network namespace file (`/run/netns/NAME`): what `/proc/PID/ns/net`
+/// of its processes shows.
+fn netns_inode(node: &Node) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(node.netns_path()).unwrap_or_else(|e| panic!("{}: {e}", node.netns_path().display())).ino()
+}
+
+/// Ranks on the same host share one container; ranks on different hosts do not. The
+/// hosts the ranks ran on, in rank order.
+#[track_caller]
+fn assert_one_container_per_node(r: &Report, out: &str) -> Vec<String> {
+    let hosts: Vec<String> = r.ranks.iter().map(|k| k.host.clone()).collect();
+    let mut per_host: std::collections::BTreeMap<&str, BTreeSet<(u64, u64)>> = Default::default();
+    for k in &r.ranks {
+        per_host.entry(k.host.as_str()).or_default().insert((k.user, k.mnt));
+    }
+    assert_eq!(per_host.len(), 2, "ranks on both nodes: {hosts:?}\n{out}");
+    for (host, containers) in &per_host {
+        assert_eq!(containers.len(), 1, "the ranks on {host} should share one user and mount namespace\n{out}");
+    }
+    let all: BTreeSet<&(u64, u64)> = per_host.values().flatten().collect();
+    assert_eq!(all.len(), 2, "each node has a container of its own\n{out}");
+    hosts
+}
+
+#[test]
+fn two_nodes_srun_one_container_per_node_and_ranks_talk_across() {
+    require_mpi();
+    require_fuse();
+    let slurm = Slurm::start_two_nodes();
+    let t = Test::new("srun-two-nodes");
+    let app = app_in_work(&t);
+    let watch = KeeperWatch::start(&t.id, &app);
+    let mut c = slurm.cmd(&t, "srun");
+    two_node_env(&mut c);
+    c.args(["-N", "2", "-n", "4", "--mpi=pmix", "./app.sif", "run", "--iters", "20:2"]);
+    let out = run_job(c, &slurm);
+    let seen = watch.stop();
+    out.assert_success();
+    let r = Report::parse(&out);
+    let hosts = assert_one_container_per_node(&r, &out.to_string());
+    assert_eq!(hosts, ["n1", "n1", "n2", "n2"], "two ranks per node, in block order\n{out}");
+    assert!(r.allreduce_ok, "allreduce over both nodes\n{out}");
+    assert!(r.ring_ok, "a token round the ring, across the nodes twice\n{out}");
+    assert!(r.ranks.iter().all(|k| k.rdv == "ok"), "each node's PMIx server directory is bound\n{out}");
+    // Within a node the ranks share the user namespace, so CMA works to the neighbour
+    // on the same node (ranks 0 and 2) and is refused across nodes (ranks 1 and 3).
+    assert_eq!(r.cma, ["ok", "EPERM", "ok", "EPERM"], "{out}");
+    // Two keepers, one in each node's network namespace.
+    let nets: BTreeSet<u64> = seen.keeper_netns.values().copied().collect();
+    let want: BTreeSet<u64> = slurm.nodes().iter().map(netns_inode).collect();
+    assert_eq!(seen.keepers.len(), 2, "one keeper per node: {seen:?}\n{out}");
+    assert_eq!(nets, want, "the keepers should be one in each node's network namespace: {seen:?}");
+    eprintln!("srun -N 2 -n 4 over a veth pair: {}", r.figures());
+    t.assert_no_processes(Duration::from_secs(8));
+}
+
+#[test]
+fn two_nodes_sbatch_job_sbcasts_the_bundle_to_node_local_storage() {
+    require_mpi();
+    require_fuse();
+    let slurm = Slurm::start_two_nodes();
+    let t = Test::new("sbatch-two-nodes");
+    app_in_work(&t);
+    let local = slurm.local_dir().join("app.sif");
+    let output = t.work.join("job.out");
+    let script = t.work.join("job.sh");
+    // As docs/mpi-slurm.md says: copy the bundle once to each node's local storage
+    // (one read of the shared file system per node), then start the tasks from there.
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh\n\
+             #SBATCH --job-name=bundle-e2e-two-nodes\n\
+             #SBATCH --output={out}\n\
+             #SBATCH --nodes=2\n\
+             #SBATCH --ntasks-per-node=2\n\
+             set -eu\n\
+             sbcast --force ./app.sif {local}\n\
+             srun --mpi=pmix {local} run --no-pingpong\n\
+             echo \"job $SLURM_JOB_ID on $SLURM_JOB_NODELIST done\"\n",
+            out = output.display(),
+            local = local.display()
+        ),
+    );
+    // The keepers run the node-local copies: one per node, each in its node's network
+    // namespace.
+    let watches: Vec<(&Node, KeeperWatch)> = slurm
+        .nodes()
+        .iter()
+        .map(|n| (n, KeeperWatch::start(&t.id, &slurm.local_dir_of(&n.name).join("app.sif"))))
+        .collect();
+    let mut c = slurm.cmd(&t, "sbatch");
+    two_node_env(&mut c);
+    c.args(["--wait", "--quiet"]).arg(&script);
+    let out = run_job(c, &slurm);
+    for (node, watch) in watches {
+        let seen = watch.stop();
+        let nets: BTreeSet<u64> = seen.keeper_netns.values().copied().collect();
+        assert_eq!(seen.keepers.len(), 1, "one keeper ran {}'s copy: {seen:?}", node.name);
+        assert_eq!(nets, BTreeSet::from([netns_inode(node)]), "{}'s keeper is in its network namespace", node.name);
+    }
+    let job_out = fs::read_to_string(&output).unwrap_or_default();
+    assert!(out.status.success(), "the job failed\n{out}\njob output:\n{job_out}\n{}", slurm.logs());
+    let parsed = Out { stdout: job_out.clone().into_bytes(), ..out };
+    let r = Report::parse(&parsed);
+    let hosts = assert_one_container_per_node(&r, &job_out);
+    assert_eq!(hosts, ["n1", "n1", "n2", "n2"], "{job_out}");
+    assert!(r.allreduce_ok && r.ring_ok, "{job_out}");
+    assert!(job_out.contains("on n[1-2] done"), "{job_out}");
+    // sbcast wrote a copy into each node's own local directory (not a shared one).
+    let shared_len = fs::metadata(shared_mpi_bundle()).expect("the bundle").len();
+    for node in slurm.nodes() {
+        let copy = slurm.local_dir_of(&node.name).join("app.sif");
+        let len = fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(len, shared_len, "sbcast's copy on {}: {}", node.name, copy.display());
+    }
     t.assert_no_processes(Duration::from_secs(8));
 }

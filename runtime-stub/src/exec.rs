@@ -75,12 +75,29 @@ pub fn exec(argv: &[OsString], env: &BTreeMap<OsString, OsString>) -> Error {
         return Error("nothing to run".into());
     };
     let err = Command::new(program).args(&argv[1..]).env_clear().envs(env).exec();
+    let name = program.to_string_lossy();
     let hint = match err.kind() {
         std::io::ErrorKind::NotFound => "not found in the bundle",
+        std::io::ErrorKind::PermissionDenied if on_noexec_mount(program) => {
+            // Extract mode binds the cache's tree, and a bind keeps `noexec`.
+            return Error(format!(
+                "{name}: cannot execute: the file system it is on is mounted noexec (in extract mode: the \
+                 cache's, BUNDLE_CACHE_DIR); set BUNDLE_CACHE_DIR to a directory on a file system that \
+                 allows execution ({err})"
+            ));
+        }
         std::io::ErrorKind::PermissionDenied => "not executable",
         _ => "cannot execute",
     };
-    Error(format!("{}: {hint} ({err})", program.to_string_lossy()))
+    Error(format!("{name}: {hint} ({err})"))
+}
+
+/// Is `program` (a path in the container, or a name searched in `PATH`, then judged by
+/// the root) on a mount with `noexec`?
+fn on_noexec_mount(program: &std::ffi::OsStr) -> bool {
+    let path = std::path::Path::new(program);
+    let at = if path.is_absolute() { path } else { std::path::Path::new("/") };
+    nix::sys::statvfs::statvfs(at).is_ok_and(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! rendezvous directories (variables, Slurm's `mpi.conf`), the user's binds
 //! (`BUNDLE_BIND`, the flags, the bundle's own), the linger, and the mode.
 
-use crate::fail::{Context, Error, Result};
+use crate::fail::{Error, Result};
 use crate::fuse;
 use crate::namespaces;
 use crate::options::{self, Mode, Options};
@@ -30,7 +30,13 @@ const RENDEZVOUS_VARS: [&str; 6] = [
 /// The caller's situation as the plan needs it: working directory, home, the launcher's
 /// rendezvous directories and the user's binds.
 pub fn caller(bundle: &Bundle, opts: &Options) -> Result<Host> {
-    let cwd = std::env::current_dir().context(|| "cannot determine the working directory".to_string())?;
+    let cwd = std::env::current_dir().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error(format!(
+            "the working directory no longer exists (it was deleted or moved): cd to an existing directory \
+             and run again ({e})"
+        )),
+        _ => Error(format!("cannot determine the working directory: {e}")),
+    })?;
     let home = std::env::var_os("HOME").map(PathBuf::from);
     // Only what the standard binds do not already show: Slurm sets TMPDIR=/tmp for some
     // tasks of a step and not for others, and they must still share one container.

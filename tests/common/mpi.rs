@@ -170,6 +170,8 @@ pub struct Report {
     /// Per rank: "ok", "EPERM", "error=N" or "mismatch".
     pub cma: Vec<String>,
     pub allreduce_ok: bool,
+    /// A token passed once round the ring of ranks (rank r to r+1) came back right.
+    pub ring_ok: bool,
     pub latency_us: Option<f64>,
     pub bandwidth_mbps: Option<f64>,
 }
@@ -197,6 +199,7 @@ impl Report {
                 }),
                 ["cma", _, what] => r.cma.push(what.to_string()),
                 ["allreduce", what] => r.allreduce_ok = *what == "ok",
+                ["ring", what] => r.ring_ok = *what == "ok",
                 ["latency_us", x] => r.latency_us = x.parse().ok(),
                 ["bandwidth_MBps", x] => r.bandwidth_mbps = x.parse().ok(),
                 _ => {}
@@ -289,6 +292,9 @@ pub struct Seen {
     pub containers: BTreeSet<u64>,
     /// Keeper pids, as [`keepers`] finds them.
     pub keepers: BTreeSet<i32>,
+    /// The network namespace (inode) of each keeper: keepers are per host, and each
+    /// host of the two-node Slurm is a network namespace.
+    pub keeper_netns: std::collections::BTreeMap<i32, u64>,
 }
 
 /// Samples the processes tagged `tag` every few milliseconds until stopped: which
@@ -308,7 +314,12 @@ impl KeeperWatch {
             let deadline = Instant::now() + Duration::from_secs(300);
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 seen.containers.extend(containers(&tag));
-                seen.keepers.extend(keepers(&tag, &bundle));
+                for pid in keepers(&tag, &bundle) {
+                    if let Ok(m) = fs::metadata(format!("/proc/{pid}/ns/net")) {
+                        seen.keeper_netns.insert(pid, m.ino());
+                    }
+                    seen.keepers.insert(pid);
+                }
                 thread::sleep(Duration::from_millis(3));
             }
             seen

@@ -12,6 +12,11 @@
 //!   `/tmp`, where Slurm puts it by default (`TmpFS`), unless asked otherwise
 //!   ([`Slurm::start_with`]): ranks learn it from the PMIx server, not from their
 //!   environment.
+//! - [`Slurm::start_two_nodes`]: two nodes, `n1` and `n2`, each `slurmd` in a network
+//!   namespace of its own (joined by a veth pair on [`NODES_NET`]), with its own host
+//!   name and node-local directory; slurmctld in `n1`'s network namespace, munged on the
+//!   host (its socket reached through the file system). The namespaces are removed on
+//!   drop, and those of dead test processes at the next start.
 //! - One Slurm per test binary: [`Slurm::shared`] starts it on first use and stops it
 //!   when the process exits (an `atexit` handler: also after failed tests). The daemons
 //!   run in the foreground as our children, so stopping them is exact: `scontrol
@@ -53,7 +58,41 @@ pub struct Slurm {
     pmix_dir: Option<TestDir>,
     conf: PathBuf,
     daemons: Vec<(&'static str, Child)>,
+    /// The nodes of a multi-node Slurm ([`Slurm::start_two_nodes`]); empty for the
+    /// single-node one on 127.0.0.1.
+    nodes: Vec<Node>,
+    /// The veth pair's name (without its `a`/`b` end), to delete on drop should it be
+    /// left on the host by a set-up that failed half-way.
+    veth: Option<String>,
 }
+
+/// A node of the two-node Slurm: a network namespace of its own (`ip netns add`), in
+/// which its `slurmd` runs with its own host name (a UTS namespace) and its own
+/// node-local directory ([`Slurm::local_dir`], a bind mount in a mount namespace of the
+/// `slurmd`, which its jobs inherit).
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node name, which is also its host name: `n1`, `n2`.
+    pub name: String,
+    /// The network namespace (`/run/netns/<netns>`).
+    pub netns: String,
+    /// Its address on the veth pair joining the nodes.
+    pub addr: String,
+}
+
+impl Node {
+    /// `/run/netns/<netns>`, the namespace's file.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+}
+
+/// The network of the two-node Slurm: a veth pair between the nodes' namespaces.
+/// The addresses exist only inside those namespaces (every cluster has its own pair).
+pub const NODES_NET: &str = "10.199.2.0/24";
+const NODE_ADDRS: [&str; 2] = ["10.199.2.1", "10.199.2.2"];
+/// Ports of the two-node Slurm (inside its namespaces, so they cannot collide).
+const NODES_PORTS: (u16, u16) = (6817, 6818);
 
 impl Slurm {
     /// Starts munged, slurmctld and slurmd, and waits until the node is idle. Needs root.
@@ -64,6 +103,19 @@ impl Slurm {
     /// [`Slurm::start`], with `PMIxCliTmpDirBase` under `/tmp` (`pmix_in_tmp`) or in the
     /// fixture's folder under `/var/tmp`.
     pub fn start_with(pmix_in_tmp: bool) -> Slurm {
+        Slurm::start_cluster(pmix_in_tmp, false)
+    }
+
+    /// A Slurm of two nodes, `n1` and `n2`, each `slurmd` in its own network namespace
+    /// (and UTS and mount namespace), joined by a veth pair on [`NODES_NET`];
+    /// `slurmctld` runs in `n1`'s network namespace (n1 is also the login node: Slurm
+    /// commands of [`Slurm::cmd`] run there); munged on the host, its socket shared
+    /// through the file system. Everything is stopped and removed on drop. Needs root.
+    pub fn start_two_nodes() -> Slurm {
+        Slurm::start_cluster(false, true)
+    }
+
+    fn start_cluster(pmix_in_tmp: bool, two_nodes: bool) -> Slurm {
         assert!(is_root(), "the Slurm fixture runs slurmd, which must be root");
         for tool in
             ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/srun", "/usr/bin/scontrol"]
@@ -76,7 +128,18 @@ impl Slurm {
         let pmix_dir = pmix_in_tmp.then(|| TestDir::new("slurm-pmix"));
         let pmix = pmix_dir.as_ref().map_or_else(|| d.join("pmix"), |p| p.join("pmix"));
         let owner = format!("{}:{}", std::process::id(), d.display());
-        let mut slurm = Slurm { conf: d.join("slurm.conf"), dir: Some(dir), owner, pmix_dir, daemons: Vec::new() };
+        let mut slurm = Slurm {
+            conf: d.join("slurm.conf"),
+            dir: Some(dir),
+            owner,
+            pmix_dir,
+            daemons: Vec::new(),
+            nodes: Vec::new(),
+            veth: None,
+        };
+        if two_nodes {
+            slurm.make_nodes();
+        }
 
         // MUNGE: its own key, socket, pid and seed, run as the munge user. Clients
         // (every Slurm command, run as any user) must reach the socket: folder 0755.
@@ -107,21 +170,48 @@ impl Slurm {
         for sub in ["state", "spool", "log"] {
             fs::create_dir(d.join(sub)).expect("create a Slurm folder");
         }
-        fs::create_dir(&pmix).expect("create the PMIx client folder");
-        fs::set_permissions(&pmix, fs::Permissions::from_mode(0o755)).expect("chmod pmix");
-        let (ctld_port, slurmd_port) = (free_port(), free_port());
-        fs::write(&slurm.conf, slurm_conf(&d, &socket, ctld_port, slurmd_port)).expect("write slurm.conf");
-        fs::write(d.join("mpi.conf"), format!("PMIxCliTmpDirBase={}\n", pmix.display())).expect("mpi.conf");
+        if slurm.nodes.is_empty() {
+            fs::create_dir(&pmix).expect("create the PMIx client folder");
+            fs::set_permissions(&pmix, fs::Permissions::from_mode(0o755)).expect("chmod pmix");
+            let (ctld_port, slurmd_port) = (free_port(), free_port());
+            let nodes = "NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN\n\
+                         PartitionName=e2e Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES\n";
+            let ctld = format!("{}(127.0.0.1)", host_name());
+            fs::write(&slurm.conf, slurm_conf(&d, &socket, &ctld, (ctld_port, slurmd_port), "spool", nodes))
+                .expect("write slurm.conf");
+            fs::write(d.join("mpi.conf"), format!("PMIxCliTmpDirBase={}\n", pmix.display())).expect("mpi.conf");
+        } else {
+            slurm.write_nodes_conf(&socket);
+        }
         fs::write(d.join("plugstack.conf"), "").expect("write plugstack.conf");
-        let mut ctld = Command::new("/usr/sbin/slurmctld");
+        let mut ctld = slurm.in_ctld_netns("/usr/sbin/slurmctld");
         ctld.args(["-D", "-i"]);
         slurm.spawn("slurmctld", ctld, &d.join("log/slurmctld.out"));
-        let mut slurmd = Command::new("/usr/sbin/slurmd");
-        slurmd.args(["-D", "-N", "localhost"]);
-        slurm.spawn("slurmd", slurmd, &d.join("log/slurmd.out"));
-        slurm.wait_until("the node is idle", |slurm| {
-            let out = run(slurm.root_cmd("sinfo").args(["-h", "-n", "localhost", "-o", "%t"]));
-            out.status.success() && out.stdout().trim() == "idle"
+        if slurm.nodes.is_empty() {
+            let mut slurmd = Command::new("/usr/sbin/slurmd");
+            slurmd.args(["-D", "-N", "localhost"]);
+            slurm.spawn("slurmd", slurmd, &d.join("log/slurmd.out"));
+        } else {
+            for node in slurm.nodes.clone() {
+                let local = d.join(format!("local-{}", node.name));
+                // nsenter, not `ip netns exec`: that one remounts /sys, which hides
+                // /sys/fs/cgroup from slurmd.
+                let mut slurmd = Command::new("nsenter");
+                slurmd
+                    .arg(format!("--net={}", node.netns_path().display()))
+                    .args(["--", "unshare", "--uts", "--mount", "--propagation", "private", "--", "sh", "-ec"])
+                    .arg(r#"hostname "$0"; mount --bind "$1" "$2"; exec /usr/sbin/slurmd -D -N "$0""#)
+                    .arg(&node.name)
+                    .arg(&local)
+                    .arg(slurm.local_dir());
+                slurm.spawn("slurmd", slurmd, &d.join(format!("log/slurmd-{}.out", node.name)));
+            }
+        }
+        let want = slurm.nodes.len().max(1);
+        slurm.wait_until("the nodes are idle", |slurm| {
+            let out = run(slurm.root_cmd("sinfo").args(["-h", "-N", "-o", "%t"]));
+            let states = out.lines();
+            out.status.success() && states.len() == want && states.iter().all(|s| s.trim() == "idle")
         });
         slurm
     }
@@ -162,18 +252,112 @@ impl Slurm {
 
     /// A Slurm command (`srun`, `sbatch`, `squeue`, `scancel` …) run as the test user
     /// for test `t` (its environment, which srun and sbatch pass on to the job), with
-    /// this Slurm's `SLURM_CONF`.
+    /// this Slurm's `SLURM_CONF`; on the two-node Slurm, in `n1`'s network namespace.
     pub fn cmd(&self, t: &Test, program: &str) -> Command {
-        let mut c = t.cmd(program);
+        let mut c = match self.nodes.first() {
+            Some(n1) => t.cmd_in_netns(&n1.netns_path(), program),
+            None => t.cmd(program),
+        };
         c.env("SLURM_CONF", &self.conf);
         c
     }
 
     /// A Slurm command run as root (for the fixture itself).
     pub fn root_cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = self.in_ctld_netns(program);
         c.env("SLURM_CONF", &self.conf).env(OWNER_VAR, &self.owner);
         c
+    }
+
+    /// `program`, run as root where slurmctld listens: here, or in `n1`'s network
+    /// namespace.
+    fn in_ctld_netns(&self, program: &str) -> Command {
+        match self.nodes.first() {
+            Some(n1) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", n1.netns_path().display())).arg("--").arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// The nodes of the two-node Slurm (empty for the single-node one).
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node-local directory of the two-node Slurm: the same path on every node, a
+    /// different directory on each (mode 1777, as a node's `/tmp` or local scratch), for
+    /// `sbcast`. What node `name` holds there is, from the host,
+    /// [`Slurm::local_dir_of`].
+    pub fn local_dir(&self) -> PathBuf {
+        self.dir().join("local")
+    }
+
+    /// The host's view of node `name`'s [`Slurm::local_dir`].
+    pub fn local_dir_of(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("local-{name}"))
+    }
+
+    /// Makes the two nodes' network namespaces, joined by a veth pair, and their
+    /// node-local directories.
+    fn make_nodes(&mut self) {
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        for (i, addr) in NODE_ADDRS.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let netns = format!("bundle-e2e-{pid}-{n}-slurm-{name}");
+            sh(&format!("ip netns add {netns}"));
+            // Pushed at once, so that drop removes it even if what follows fails.
+            self.nodes.push(Node { name, netns, addr: addr.to_string() });
+        }
+        // Interface names have at most 15 bytes.
+        let veth = format!("bs{}x{}", pid % 100_000, n % 100);
+        self.veth = Some(veth.clone());
+        let (n1, n2) = (&self.nodes[0], &self.nodes[1]);
+        sh(&format!(
+            "ip link add {veth}a type veth peer name {veth}b
+             ip link set {veth}a netns {ns1}
+             ip link set {veth}b netns {ns2}
+             ip -n {ns1} link set lo up; ip -n {ns1} addr add {a1}/24 dev {veth}a; ip -n {ns1} link set {veth}a up
+             ip -n {ns2} link set lo up; ip -n {ns2} addr add {a2}/24 dev {veth}b; ip -n {ns2} link set {veth}b up",
+            ns1 = n1.netns,
+            ns2 = n2.netns,
+            a1 = n1.addr,
+            a2 = n2.addr,
+        ));
+        let d = self.dir().to_path_buf();
+        fs::create_dir(d.join("local")).expect("create the node-local mount point");
+        for node in &self.nodes {
+            let local = d.join(format!("local-{}", node.name));
+            fs::create_dir(&local).expect("create a node-local directory");
+            fs::set_permissions(&local, fs::Permissions::from_mode(0o1777)).expect("chmod node-local");
+            // The PMIx client folder is node-local, as /tmp is on a real node: the
+            // step daemons of both nodes make the same names in it.
+            fs::create_dir(local.join("pmix")).expect("create the PMIx client folder");
+            fs::set_permissions(local.join("pmix"), fs::Permissions::from_mode(0o755)).expect("chmod pmix");
+        }
+    }
+
+    fn write_nodes_conf(&self, munge_socket: &Path) {
+        let d = self.dir();
+        let mut nodes = String::new();
+        for node in &self.nodes {
+            nodes += &format!("NodeName={} NodeAddr={} CPUs=2 State=UNKNOWN\n", node.name, node.addr);
+            fs::create_dir(d.join("spool").join(&node.name)).expect("create a node's spool folder");
+        }
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        nodes += &format!(
+            "PartitionName=e2e Nodes={} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES\n",
+            names.join(",")
+        );
+        let ctld = format!("{}({})", host_name(), self.nodes[0].addr);
+        fs::write(&self.conf, slurm_conf(d, munge_socket, &ctld, NODES_PORTS, "spool/%n", &nodes))
+            .expect("write slurm.conf");
+        let pmix = self.local_dir().join("pmix");
+        fs::write(d.join("mpi.conf"), format!("PMIxCliTmpDirBase={}\n", pmix.display())).expect("mpi.conf");
     }
 
     /// The job id of the (only) job of the test user named `name`, once it is running.
@@ -193,7 +377,12 @@ impl Slurm {
     /// The tail of the daemons' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for f in ["log/slurmctld.log", "log/slurmd.log", "munge/munged.log"] {
+        let mut files = vec!["log/slurmctld.log".to_string(), "munge/munged.log".into()];
+        if self.nodes.is_empty() {
+            files.insert(1, "log/slurmd.log".into());
+        }
+        files.extend(self.nodes.iter().map(|n| format!("log/slurmd.{}.log", n.name)));
+        for f in &files {
             let text = fs::read_to_string(self.dir().join(f)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             s += &format!("--- {f} (last lines)\n{}\n", lines[lines.len().saturating_sub(15)..].join("\n"));
@@ -234,7 +423,9 @@ impl Slurm {
 
     fn logs_or_outputs(&self) -> String {
         let mut s = self.logs();
-        for f in ["munge/munged.out", "log/slurmctld.out", "log/slurmd.out"] {
+        let mut files = vec!["munge/munged.out".to_string(), "log/slurmctld.out".into(), "log/slurmd.out".into()];
+        files.extend(self.nodes.iter().map(|n| format!("log/slurmd-{}.out", n.name)));
+        for f in &files {
             s += &format!("--- {f}\n{}\n", fs::read_to_string(self.dir().join(f)).unwrap_or_default());
         }
         s
@@ -242,10 +433,23 @@ impl Slurm {
 
     /// `scontrol shutdown`, then waits for the daemons, killing what does not stop.
     fn stop(&mut self) {
+        self.stop_daemons();
+        for node in self.nodes.drain(..) {
+            // The veth pair goes with the namespaces.
+            let _ = Command::new("ip").args(["netns", "del", &node.netns]).stderr(Stdio::null()).status();
+        }
+        if let Some(veth) = self.veth.take() {
+            // Normally gone with the namespaces already.
+            let _ = Command::new("ip").args(["link", "del", &format!("{veth}a")]).stderr(Stdio::null()).status();
+        }
+    }
+
+    fn stop_daemons(&mut self) {
         if self.daemons.is_empty() {
             return;
         }
-        let _ = Command::new("scontrol")
+        let _ = self
+            .in_ctld_netns("scontrol")
             .arg("shutdown")
             .env("SLURM_CONF", &self.conf)
             .stdin(Stdio::null())
@@ -288,13 +492,15 @@ impl Drop for Slurm {
 }
 
 /// The slurm.conf of a single-node cluster living in `d`.
-fn slurm_conf(d: &Path, munge_socket: &Path, ctld_port: u16, slurmd_port: u16) -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+/// The slurm.conf of a cluster living in `d`: `ctld` is `SlurmctldHost`, `spool`
+/// `SlurmdSpoolDir` in `d` (`%n`: per node), `nodes` the node and partition lines.
+fn slurm_conf(d: &Path, munge_socket: &Path, ctld: &str, ports: (u16, u16), spool: &str, nodes: &str) -> String {
+    let (ctld_port, slurmd_port) = ports;
     let p = |s: &str| d.join(s).display().to_string();
     format!(
-        "# Made by tests/common/slurm.rs: a single-node cluster in {dir}
+        "# Made by tests/common/slurm.rs: a cluster in {dir}
 ClusterName=bundle-e2e
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={ctld}
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -320,19 +526,29 @@ MpiDefault=none
 ReturnToService=2
 KillWait=5
 MailProg=/bin/true
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 State=UNKNOWN
-PartitionName=e2e Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-",
+{nodes}",
         dir = d.display(),
         socket = munge_socket.display(),
         state = p("state"),
-        spool = p("spool"),
+        spool = p(spool),
         ctld_pid = p("slurmctld.pid"),
-        slurmd_pid = p("slurmd.pid"),
+        slurmd_pid = p(if spool.contains("%n") { "slurmd.%n.pid" } else { "slurmd.pid" }),
         ctld_log = p("log/slurmctld.log"),
-        slurmd_log = p("log/slurmd.log"),
+        slurmd_log = p(if spool.contains("%n") { "log/slurmd.%n.log" } else { "log/slurmd.log" }),
         plugstack = p("plugstack.conf"),
     )
+}
+
+/// This machine's host name (slurmctld must find itself in `SlurmctldHost`).
+fn host_name() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
+/// Runs a root shell script of the fixture's set-up, panicking with its output.
+#[track_caller]
+fn sh(script: &str) {
+    let out = run(Command::new("sh").args(["-ec", script]));
+    assert!(out.status.success(), "setting up the Slurm nodes failed\n{out}");
 }
 
 /// uid and gid of a user from /etc/passwd.
@@ -383,6 +599,14 @@ fn kill_orphaned_daemons() {
     for pid in orphans {
         // SAFETY: kill by pid of a daemon of a dead test process.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // Network namespaces of two-node fixtures: bundle-e2e-<test pid>-<n>-slurm-<node>.
+    for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = name.strip_prefix("bundle-e2e-").and_then(|rest| rest.split('-').next());
+        if name.contains("-slurm-") && owner.is_some_and(dead) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        }
     }
 }
 

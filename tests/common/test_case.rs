@@ -1,6 +1,7 @@
 //! One test: its directory, its tag, its leftovers.
 
 use super::*;
+use std::os::fd::AsRawFd;
 
 /// How a bundle chooses its mount mode in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,33 @@ impl Test {
             .env("XDG_RUNTIME_DIR", &self.runtime)
             .env("BUNDLE_LINGER", "0")
             .current_dir(&self.work);
+    }
+
+    /// [`Test::cmd`], run in the network namespace `netns` (a file such as
+    /// `/run/netns/NAME`): the child enters it as root, then becomes the test user.
+    /// Needs root.
+    pub fn cmd_in_netns(&self, netns: &Path, program: impl AsRef<OsStr>) -> Command {
+        require_root("entering a network namespace");
+        let fd = fs::File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
+        let u = user();
+        let (uid, gid) = (u.uid, u.gid);
+        let mut c = Command::new(program);
+        self.user_env(&mut c);
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let ok = libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) == 0
+                    && libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setgid(gid) == 0
+                    && libc::setuid(uid) == 0;
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        c
     }
 
     /// A command run as the test user in a mount namespace of its own where `/dev/fuse`

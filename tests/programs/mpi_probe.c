@@ -15,6 +15,8 @@
  *       cma R ok|EPERM|error=ERRNO|mismatch            (rank R read rank (R+1)%N's buffer
  *                                                      with process_vm_readv, one per rank)
  *       allreduce ok|wrong                             (sum of 1..N over MPI_SUM)
+ *       ring ok|wrong                                  (a token sent once round the ranks,
+ *                                                      rank R to (R+1)%N, each adding 1)
  *       latency_us X                                   (ping-pong 8 B, half round trip)
  *       bandwidth_MBps X                               (ping-pong 1 MiB, 10^6 bytes/s)
  *     options:
@@ -210,6 +212,22 @@ int main(int argc, char **argv) {
     MPI_Allreduce(&one, &sum, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
     int sum_ok = sum == (long long)size * (size + 1) / 2;
 
+    /* Ring: point-to-point from every rank to the next (across nodes, when there are
+     * several). Rank 0 starts the token at 1; every other rank adds 1 and passes it on. */
+    long long token = 1;
+    if (size > 1) {
+        int next = (rank + 1) % size, prev = (rank + size - 1) % size;
+        if (rank == 0) {
+            MPI_Send(&token, 1, MPI_LONG_LONG, next, 9, MPI_COMM_WORLD);
+            MPI_Recv(&token, 1, MPI_LONG_LONG, prev, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        } else {
+            MPI_Recv(&token, 1, MPI_LONG_LONG, prev, 9, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            token += 1;
+            MPI_Send(&token, 1, MPI_LONG_LONG, next, 9, MPI_COMM_WORLD);
+        }
+    }
+    int ring_ok = token == size;
+
     /* Ping-pong between ranks 0 and 1 (the others wait at the barrier). */
     double lat = 0, bw = 0;
     if (do_pingpong && size > 1 && rank < 2) {
@@ -227,6 +245,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < size; r++) printf("%s\n", lines + (size_t)r * LINE);
         for (int r = 0; r < size; r++) printf("%s\n", cmas + (size_t)r * LINE);
         printf("allreduce %s\n", sum_ok ? "ok" : "wrong");
+        printf("ring %s\n", ring_ok ? "ok" : "wrong");
         if (do_pingpong && size > 1) {
             printf("latency_us %.3f\n", lat * 1e6);
             printf("bandwidth_MBps %.1f\n", bw);

@@ -19,6 +19,17 @@
  *   probe libs           print the shared objects mapped into the process, one a line
  *   probe holes PATH     print each data range as "START END" (SEEK_DATA/SEEK_HOLE),
  *                        then "size SIZE"
+ *   probe ns             print "user=INO mnt=INO": the namespaces it is in (stat of
+ *                        /proc/self/ns/user and /proc/self/ns/mnt)
+ *   probe sum PATH       read PATH whole; print "sum SIZE FNV1A64" (exit 0), or
+ *                        "error PATH: STRERROR" (exit 1)
+ *   probe read-on-signal PATH
+ *                        read its own executable whole (so its pages are cached), print
+ *                        "ready", wait for SIGUSR1, then do `sum PATH`
+ *   probe readloop PATH  read PATH over and over in 1 MiB reads, dropping its pages from
+ *                        the page cache after each pass (so every read reaches the file
+ *                        system); print "reading" after the first read; on an error
+ *                        print "error PATH: STRERROR" and exit 1
  */
 #define _GNU_SOURCE
 #include <limits.h>
@@ -28,6 +39,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <errno.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t got;
@@ -129,6 +141,81 @@ static int holes(const char *path) {
     return 0;
 }
 
+/* Reads `path` whole: size and FNV-1a 64 of its bytes; -1 with errno on failure. */
+static int sum_file(const char *path, unsigned long long *size, unsigned long long *hash) {
+    static char buf[1 << 20];
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    unsigned long long h = 1469598103934665603ULL, n = 0;
+    ssize_t got;
+    while ((got = read(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < got; i++) h = (h ^ (unsigned char)buf[i]) * 1099511628211ULL;
+        n += (unsigned long long)got;
+    }
+    int err = errno;
+    close(fd);
+    if (got < 0) {
+        errno = err;
+        return -1;
+    }
+    *size = n;
+    *hash = h;
+    return 0;
+}
+
+static int sum(const char *path) {
+    unsigned long long size, hash;
+    if (sum_file(path, &size, &hash)) {
+        printf("error %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    printf("sum %llu %016llx\n", size, hash);
+    return 0;
+}
+
+static int read_on_signal(const char *path) {
+    unsigned long long size, hash;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    if (sum_file("/proc/self/exe", &size, &hash)) {
+        perror("probe: /proc/self/exe");
+        return 2;
+    }
+    printf("ready\n");
+    fflush(stdout);
+    int sig;
+    sigwait(&set, &sig);
+    return sum(path);
+}
+
+static int readloop(const char *path) {
+    static char buf[1 << 20];
+    int said = 0;
+    for (;;) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) break;
+        ssize_t got;
+        while ((got = read(fd, buf, sizeof buf)) > 0) {
+            if (!said) {
+                printf("reading\n");
+                fflush(stdout);
+                said = 1;
+            }
+        }
+        int err = errno;
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+        if (got < 0) {
+            errno = err;
+            break;
+        }
+    }
+    printf("error %s: %s\n", path, strerror(errno));
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage();
     const char *cmd = argv[1];
@@ -191,6 +278,18 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "holes") && arg) return holes(arg);
     if (!strcmp(cmd, "libs")) return libs();
+    if (!strcmp(cmd, "sum") && arg) return sum(arg);
+    if (!strcmp(cmd, "ns")) {
+        struct stat u, m;
+        if (stat("/proc/self/ns/user", &u) || stat("/proc/self/ns/mnt", &m)) {
+            perror("probe: /proc/self/ns");
+            return 1;
+        }
+        printf("user=%llu mnt=%llu\n", (unsigned long long)u.st_ino, (unsigned long long)m.st_ino);
+        return 0;
+    }
+    if (!strcmp(cmd, "read-on-signal") && arg) return read_on_signal(arg);
+    if (!strcmp(cmd, "readloop") && arg) return readloop(arg);
     if (!strcmp(cmd, "err") && arg) {
         fprintf(stderr, "%s\n", arg);
         return 0;
