@@ -248,7 +248,7 @@ fn kill_the_fuse_server_under_a_run(t: &Test) -> (PathBuf, String, String) {
 fn fuse_server_killed_the_application_gets_an_error() {
     let t = Test::new("kill-fuse-server");
     kill_the_fuse_server_under_a_run(&t);
-    // The keeper lingers 30 s with a dead mount (see the next test): not for this test.
+    // The keeper leaves by itself once its server is dead (the next test); make sure.
     for pid in keepers(&t.id, &t.dir.join("app.sif")) {
         kill9(pid);
     }
