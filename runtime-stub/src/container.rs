@@ -51,7 +51,7 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
         None => command_line(bundle, opts, called_as.as_deref().and_then(in_bin_dirs))?,
     };
     std::env::set_current_dir(&who.cwd).context(|| format!("cannot enter {} in the container", who.cwd.display()))?;
-    let env = environment(std::env::vars_os(), &bundle.metadata.env, opts.cleanenv);
+    let env = environment(std::env::vars_os(), &bundle.metadata.env, &who.injected, opts.cleanenv);
     if geteuid().is_root() && !opts.keep_caps {
         drop_privileges()?;
     }

@@ -4,8 +4,8 @@
 
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
-use crate::options::{self, Mode, Options};
-use crate::plan::{Found, Host, UserBind};
+use crate::options::{self, HostOptions, Mode, Options};
+use crate::plan::{Found, Host, Injected, UserBind, Writes};
 use bundle_format::Bundle;
 use nix::unistd::geteuid;
 use std::fs;
@@ -35,7 +35,68 @@ pub fn caller(bundle: &Bundle, opts: &Options) -> Result<Host> {
     // tasks of a step and not for others, and they must still share one container.
     let rendezvous =
         uncovered(rendezvous_dirs(), [Path::new("/tmp"), cwd.as_path()].into_iter().chain(home.as_deref()));
-    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)? })
+    let writes = writes(&opts.host, &cwd)?;
+    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)?, injected: Injected::default(), writes })
+}
+
+/// Whether a variable is set to a true value (`1`, `yes`, `true`, `on`).
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| ["1", "yes", "true", "on"].contains(&v.to_ascii_lowercase().as_str()))
+}
+
+/// A comma list from the environment, then the flags' values.
+pub fn env_list(name: &str, flags: &[String]) -> Vec<String> {
+    let from_env = std::env::var(name).unwrap_or_default();
+    from_env
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .chain(flags.iter().cloned())
+        .collect()
+}
+
+/// `--bundle-writable-tmpfs` / `BUNDLE_WRITABLE_TMPFS`, or `--bundle-overlay DIR` /
+/// `BUNDLE_OVERLAY`: where writes to the image go. An overlay directory must be the
+/// caller's own; its `upper` and `work` directories are made here, before any
+/// namespace (its path, resolved, is part of the session key: ranks that share a
+/// container share its overlay).
+fn writes(opts: &HostOptions, cwd: &Path) -> Result<Writes> {
+    let dir = opts
+        .overlay
+        .clone()
+        .or_else(|| std::env::var_os("BUNDLE_OVERLAY").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let tmpfs = opts.writable_tmpfs || env_flag("BUNDLE_WRITABLE_TMPFS");
+    match dir {
+        Some(_) if tmpfs => {
+            Err(Error("--bundle-writable-tmpfs and --bundle-overlay exclude each other; choose one".into()))
+        }
+        Some(dir) => overlay_dir(&cwd.join(dir)).map(Writes::Dir),
+        None if tmpfs => Ok(Writes::Memory),
+        None => Ok(Writes::ReadOnly),
+    }
+}
+
+fn overlay_dir(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let real = fs::canonicalize(dir).context(|| format!("cannot use {} as the overlay directory", dir.display()))?;
+    let m = fs::metadata(&real).context(|| format!("cannot use {} as the overlay directory", dir.display()))?;
+    if !m.is_dir() || m.uid() != geteuid().as_raw() {
+        return Err(Error(format!(
+            "cannot use {} as the overlay directory: it must be a directory you own",
+            dir.display()
+        )));
+    }
+    for sub in ["upper", "work"] {
+        let p = real.join(sub);
+        match fs::create_dir(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error(format!("cannot create {}: {e}", p.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(real)
 }
 
 /// The directories the launcher's PMIx server expects its ranks to reach.
