@@ -2,8 +2,10 @@
 //! rendezvous directories (variables, Slurm's `mpi.conf`), the user's binds
 //! (`BUNDLE_BIND`, the flags, the bundle's own), the linger, and the mode.
 
+use crate::cdi;
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
+use crate::hostlibs::{self, HostCache};
 use crate::options::{self, HostOptions, Mode, Options};
 use crate::plan::{Found, Host, Injected, UserBind, Writes};
 use bundle_format::Bundle;
@@ -36,7 +38,34 @@ pub fn caller(bundle: &Bundle, opts: &Options) -> Result<Host> {
     let rendezvous =
         uncovered(rendezvous_dirs(), [Path::new("/tmp"), cwd.as_path()].into_iter().chain(home.as_deref()));
     let writes = writes(&opts.host, &cwd)?;
-    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)?, injected: Injected::default(), writes })
+    let injected = injected(&opts.host, &cwd)?;
+    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)?, injected, writes })
+}
+
+/// What devices and host libraries add: CDI devices (`BUNDLE_DEVICE`, then the flags),
+/// the NVIDIA driver (`BUNDLE_NV`), the host's MPI (`BUNDLE_HOST_MPI`), then host
+/// libraries (`BUNDLE_HOST_LIB`, then the flags).
+fn injected(opts: &HostOptions, cwd: &Path) -> Result<Injected> {
+    let mut all = Injected::default();
+    let devices = env_list("BUNDLE_DEVICE", &opts.devices);
+    if !devices.is_empty() {
+        let dirs: Vec<&Path> = cdi::SPEC_DIRS.iter().map(Path::new).collect();
+        all.extend(cdi::inject(&devices, &dirs)?);
+    }
+    let mut cache = HostCache::new(Path::new(hostlibs::LD_SO_CACHE));
+    if opts.nv || env_flag("BUNDLE_NV") {
+        let cache = cache.get().map_err(|e| Error(format!("--bundle-nv: {}", e.0)))?;
+        all.extend(hostlibs::nvidia(cache, Path::new("/dev"))?);
+    }
+    if opts.mpi || env_flag("BUNDLE_HOST_MPI") {
+        let cache = cache.get().map_err(|e| Error(format!("--bundle-host-mpi: {}", e.0)))?;
+        all.extend(hostlibs::host_mpi(cache)?);
+    }
+    for lib in env_list("BUNDLE_HOST_LIB", &opts.libs) {
+        let lib = if lib.contains('/') { cwd.join(lib).display().to_string() } else { lib };
+        all.extend(hostlibs::host_lib(&lib, &mut cache)?);
+    }
+    Ok(all)
 }
 
 /// Whether a variable is set to a true value (`1`, `yes`, `true`, `on`).

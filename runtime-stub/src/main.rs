@@ -3,12 +3,14 @@
 //! application in its own root filesystem (see `container.rs`).
 
 mod cache;
+mod cdi;
 mod container;
 mod daemon;
 mod exec;
 mod fail;
 mod fuse;
 mod host;
+mod hostlibs;
 mod keeper;
 mod loopdev;
 mod namespaces;
@@ -17,6 +19,7 @@ mod plan;
 mod session;
 mod steps;
 mod sys;
+mod yaml;
 
 use bundle_format::Bundle;
 use fail::{exit_with, Context, Error, Result};

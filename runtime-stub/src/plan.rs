@@ -74,14 +74,69 @@ pub struct Injected {
     pub env: Vec<(String, String)>,
     /// Container directories put first in the application's `LD_LIBRARY_PATH`.
     pub lib_path: Vec<PathBuf>,
+    /// `--bundle-host-mpi`: the bundle's MPI must have the host's soname.
+    pub mpi: Option<MpiCheck>,
+}
+
+/// The host MPI's soname, which the image's MPI library must share (the ABI check
+/// waits for the image phase: only then can the image be asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiCheck {
+    pub host_soname: String,
+    pub host_path: PathBuf,
+}
+
+/// Where an image keeps the libraries its loader finds without help.
+const IMAGE_LIB_DIRS: [&str; 8] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+/// The sonames MPI libraries have had: MPICH's ABI (MPICH ≥ 3.1, Intel MPI, MVAPICH,
+/// Cray MPICH), Open MPI ≥ 3.0, Open MPI 2, older ones.
+const MPI_SONAMES: [&str; 5] = ["libmpi.so.12", "libmpi.so.40", "libmpi.so.20", "libmpi.so.1", "libmpi.so.0"];
+
+impl MpiCheck {
+    /// The bundle's MPI has the host's soname, or the one line that says why not.
+    fn check(&self, image: &dyn Fn(&Path) -> Option<Found>) -> Result<(), String> {
+        let in_image = |name: &str| {
+            IMAGE_LIB_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| image(p).is_some_and(|f| f != Found::Dir))
+        };
+        if in_image(&self.host_soname).is_some() {
+            return Ok(());
+        }
+        let host = format!("{} ({})", self.host_soname, self.host_path.display());
+        match MPI_SONAMES.iter().find_map(|n| in_image(n)) {
+            Some(ours) => Err(format!(
+                "--bundle-host-mpi: the bundle's MPI library is {} but the host's is {host}: their ABIs differ \
+                 (the sonames must match); run without --bundle-host-mpi to use the bundle's own MPI",
+                ours.display()
+            )),
+            None => Err(format!(
+                "--bundle-host-mpi: the bundle has no MPI library (libmpi.so.*) in its library directories to \
+                 compare with the host's {host}"
+            )),
+        }
+    }
 }
 
 impl Injected {
     /// `other`'s additions after ours.
     pub fn extend(&mut self, other: Injected) {
-        self.binds.extend(other.binds);
+        // Two devices may bring the same library or node: it is bound once.
+        for b in other.binds {
+            if !self.binds.iter().any(|o| o.dst == b.dst) {
+                self.binds.push(b);
+            }
+        }
         self.links.extend(other.links);
         self.env.extend(other.env);
+        self.mpi = self.mpi.take().or(other.mpi);
         for d in other.lib_path {
             if !self.lib_path.contains(&d) {
                 self.lib_path.push(d);
@@ -165,6 +220,7 @@ pub struct Sources {
     binds: Vec<Source>,
     links: Vec<(PathBuf, PathBuf)>,
     writes: Writes,
+    mpi: Option<MpiCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,13 +285,16 @@ pub fn resolve(who: &Host, host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>) -> 
     for (link, target) in &who.injected.links {
         links.push((normalise(link)?, target.clone()));
     }
-    Ok(Sources { binds: sources, links, writes: who.writes.clone() })
+    Ok(Sources { binds: sources, links, writes: who.writes.clone(), mpi: who.injected.mpi.clone() })
 }
 
 impl Sources {
     /// The image phase: where each source goes, against what the image has. `image`
     /// tells what a path of the image is (not following symlinks).
     pub fn place(&self, image: &dyn Fn(&Path) -> Option<Found>) -> Result<Plan, String> {
+        if let Some(mpi) = &self.mpi {
+            mpi.check(image)?;
+        }
         let mut plan = Plan { writes: self.writes.clone(), ..Plan::default() };
         for s in &self.binds {
             if let Some(outer) = plan.binds.iter().find(|b| s.dst.starts_with(&b.dst)) {
@@ -506,5 +565,41 @@ mod tests {
                 (PathBuf::from("/scratch/other"), Kind::Dir)
             ]
         );
+    }
+
+    #[test]
+    fn device_links_are_placed_unless_the_image_has_them() {
+        let injected = Injected {
+            links: vec![
+                ("/usr/lib/libcuda.so".into(), "libcuda.so.1".into()),
+                ("/etc/hosts".into(), "elsewhere".into()),
+            ],
+            ..Injected::default()
+        };
+        let who = Host { cwd: "/".into(), injected, ..Host::default() };
+        let plan = build(&who, &host, &fs(IMAGE)).unwrap();
+        assert_eq!(plan.links, [(PathBuf::from("/usr/lib/libcuda.so"), PathBuf::from("libcuda.so.1"))]);
+        assert_eq!(plan.mount_points, [(PathBuf::from("/usr"), Kind::Dir), (PathBuf::from("/usr/lib"), Kind::Dir)]);
+    }
+
+    #[test]
+    fn the_host_mpi_must_have_the_bundles_soname() {
+        let check = |host_soname: &str, image: &'static [(&'static str, Found)]| {
+            let mpi = MpiCheck { host_soname: host_soname.into(), host_path: "/opt/mpi/lib/x".into() };
+            let who = Host {
+                cwd: "/".into(),
+                injected: Injected { mpi: Some(mpi), ..Injected::default() },
+                ..Host::default()
+            };
+            build(&who, &host, &fs(image))
+        };
+        const OPEN_MPI: &[(&str, Found)] =
+            &[("/proc", Found::Dir), ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", Found::Symlink)];
+        assert!(check("libmpi.so.40", OPEN_MPI).is_ok());
+        let err = check("libmpi.so.12", OPEN_MPI).unwrap_err();
+        assert!(err.contains("the bundle's MPI library is /usr/lib/x86_64-linux-gnu/libmpi.so.40"), "{err}");
+        assert!(err.contains("the host's is libmpi.so.12 (/opt/mpi/lib/x)"), "{err}");
+        let err = check("libmpi.so.12", &[("/proc", Found::Dir)]).unwrap_err();
+        assert!(err.contains("the bundle has no MPI library"), "{err}");
     }
 }
