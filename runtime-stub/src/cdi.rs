@@ -20,8 +20,8 @@
 //! - `additionalGids`, `intelRdt`, `netDevices` need privileges a user namespace does
 //!   not give; they are ignored.
 //!
-//! Both JSON (serde_json, already in the stub for the metadata) and YAML (`yaml.rs`)
-//! read into the same types.
+//! Both JSON (serde_json, already in the stub for the metadata) and YAML (`yaml.rs`,
+//! which turns it into JSON text) read into the same types.
 
 use crate::fail::{Error, Result};
 use crate::plan::{Injected, UserBind};
@@ -204,11 +204,11 @@ fn load(file: &Path) -> Result<Spec> {
 }
 
 fn parse(text: &str, format: Format) -> std::result::Result<Spec, String> {
-    let value = match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| e.to_string())?,
-        Format::Yaml => crate::yaml::parse(text)?,
+    let json = match format {
+        Format::Json => text.to_string(),
+        Format::Yaml => crate::yaml::to_json(text)?,
     };
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    serde_json::from_slice(json.as_bytes()).map_err(|e| e.to_string())
 }
 
 /// 0.5.0 to 0.8.0: what this reader was written against.

@@ -1,8 +1,12 @@
-//! The subset of YAML that CDI spec files are written in, read into a JSON value, so
-//! that one set of serde types reads both forms of a spec (`cdi.rs`).
+//! The subset of YAML that CDI spec files are written in, turned into JSON text, so
+//! that one set of serde types, read by the JSON reader the stub has anyway for its
+//! metadata, reads both forms of a spec (`cdi.rs`).
 //!
-//! Why by hand: `serde_yaml` (with `unsafe-libyaml`) adds about 150 KiB to the static
-//! stub; this is about 6 KiB (measured: the stub's size with and without it). What it
+//! Why by hand: a YAML crate (`serde_yaml` with `unsafe-libyaml`) would add well over
+//! 100 KiB to the static stub. Going through `serde_json::Value` instead of JSON text
+//! cost 78 KiB for all of CDI (the stub with and without `cdi::inject`: 1,011,928 against
+//! 934,104 bytes); through JSON text and `serde_json::from_slice`, which the metadata
+//! already instantiates, much less (see the size in the commit). What it
 //! reads: block mappings and sequences (a sequence may sit at its key's indentation, as
 //! `nvidia-ctk` writes them), `- key: value` items, plain, single- and double-quoted
 //! scalars, one-line flow collections (`[a, "b"]`, `{k: v}`), comments, `---`.
@@ -10,10 +14,70 @@
 //! are all strings. Anything else (block scalars `|`/`>`, anchors, tags, multi-line
 //! plain scalars) is an error naming its line.
 
-use serde_json::{Map, Value};
+/// A YAML node: scalars are strings (or null).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    String(String),
+    Array(Vec<Value>),
+    Object(Vec<(String, Value)>),
+}
+
+type Map = Vec<(String, Value)>;
+
+/// A document as JSON text, or `line N: what is wrong`.
+pub fn to_json(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    parse(text)?.write_json(&mut out);
+    Ok(out)
+}
+
+impl Value {
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::String(s) => write_string(s, out),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write_json(out);
+                }
+                out.push(']');
+            }
+            Value::Object(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_string(k, out);
+                    out.push(':');
+                    v.write_json(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
 
 /// A document, or `line N: what is wrong`.
-pub fn parse(text: &str) -> Result<Value, String> {
+fn parse(text: &str) -> Result<Value, String> {
     let lines = logical_lines(text)?;
     if lines.is_empty() {
         return Ok(Value::Null);
@@ -136,9 +200,10 @@ impl Parser {
             } else {
                 scalar_or_flow(&value, number)?
             };
-            if map.insert(key.clone(), value).is_some() {
+            if map.iter().any(|(k, _)| *k == key) {
                 return Err(format!("line {number}: `{key}` appears twice"));
             }
+            map.push((key, value));
         }
         Ok(Value::Object(map))
     }
@@ -216,7 +281,7 @@ impl Flow<'_> {
                     let Value::Array(mut kv) = pair else { unreachable!() };
                     let v = kv.pop().unwrap_or(Value::Null);
                     let Some(Value::String(k)) = kv.pop() else { return Err(self.err("a key must be a string")) };
-                    map.insert(k, v);
+                    map.push((k, v));
                 }
                 Ok(Value::Object(map))
             }
@@ -341,6 +406,10 @@ fn plain(s: String) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn parse(text: &str) -> Result<serde_json::Value, String> {
+        to_json(text).map(|j| serde_json::from_str(&j).unwrap())
+    }
 
     #[test]
     fn what_nvidia_ctk_writes() {
