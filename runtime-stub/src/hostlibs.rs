@@ -107,7 +107,9 @@ pub fn host_lib(spec: &str, cache: &mut HostCache) -> Result<Injected> {
     let path = Path::new(spec);
     let meta = fs::metadata(path).map_err(|e| Error(format!("--bundle-host-lib {spec}: {e}")))?;
     if meta.is_dir() {
-        out.binds.push(UserBind { src: path.into(), dst: path.into(), readonly: true });
+        // At its own path: where a bind of the host already shows it (under /tmp, the
+        // home), it is not bound again.
+        out.binds.push(UserBind { src: path.into(), dst: path.into(), readonly: false });
         out.lib_path.push(path.into());
     } else {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(spec);
