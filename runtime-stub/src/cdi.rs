@@ -20,12 +20,11 @@
 //! - `additionalGids`, `intelRdt`, `netDevices` need privileges a user namespace does
 //!   not give; they are ignored.
 //!
-//! Both JSON (serde_json, already in the stub for the metadata) and YAML (`yaml.rs`,
-//! which turns it into JSON text) read into the same types.
+//! Both JSON and YAML are read by `yaml.rs` into one small tree, walked here.
 
 use crate::fail::{Error, Result};
 use crate::plan::{Injected, UserBind};
-use serde::Deserialize;
+use crate::yaml::{self, Value};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -34,54 +33,122 @@ use std::path::{Path, PathBuf};
 /// wins), as the CDI reference implementation orders them.
 pub const SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Spec {
     cdi_version: String,
     kind: String,
-    devices: Option<Vec<Device>>,
+    devices: Vec<Device>,
     container_edits: Option<Edits>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Device {
     name: String,
     container_edits: Option<Edits>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default)]
 struct Edits {
-    env: Option<Vec<String>>,
-    device_nodes: Option<Vec<DeviceNode>>,
-    mounts: Option<Vec<Mount>>,
-    hooks: Option<Vec<Hook>>,
+    env: Vec<String>,
+    device_nodes: Vec<DeviceNode>,
+    mounts: Vec<Mount>,
+    hooks: Vec<Hook>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct DeviceNode {
     path: PathBuf,
     host_path: Option<PathBuf>,
     permissions: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Mount {
     host_path: PathBuf,
     container_path: PathBuf,
-    options: Option<Vec<String>>,
-    #[serde(rename = "type")]
+    options: Vec<String>,
     kind: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Hook {
     path: String,
-    args: Option<Vec<String>>,
+    args: Vec<String>,
+}
+
+/// The spec's fields, from the tree `yaml.rs` reads (JSON or YAML); a field of the
+/// wrong shape is an error that names it. Fields this runtime has no use for are not
+/// looked at.
+impl Spec {
+    fn from(v: &Value) -> std::result::Result<Spec, String> {
+        Ok(Spec {
+            cdi_version: required(v, "cdiVersion")?,
+            kind: required(v, "kind")?,
+            devices: list(v, "devices")?
+                .iter()
+                .map(|d| Ok(Device { name: required(d, "name")?, container_edits: edits(d.get("containerEdits"))? }))
+                .collect::<std::result::Result<_, String>>()?,
+            container_edits: edits(v.get("containerEdits"))?,
+        })
+    }
+}
+
+fn edits(v: Option<&Value>) -> std::result::Result<Option<Edits>, String> {
+    let Some(v) = v.filter(|v| **v != Value::Null) else { return Ok(None) };
+    let paths = |d: &Value, key: &str| optional(d, key).map(|p| p.map(PathBuf::from));
+    Ok(Some(Edits {
+        env: strings(v, "env")?,
+        device_nodes: list(v, "deviceNodes")?
+            .iter()
+            .map(|d| {
+                Ok(DeviceNode {
+                    path: required(d, "path")?.into(),
+                    host_path: paths(d, "hostPath")?,
+                    permissions: optional(d, "permissions")?,
+                })
+            })
+            .collect::<std::result::Result<_, String>>()?,
+        mounts: list(v, "mounts")?
+            .iter()
+            .map(|m| {
+                Ok(Mount {
+                    host_path: required(m, "hostPath")?.into(),
+                    container_path: required(m, "containerPath")?.into(),
+                    options: strings(m, "options")?,
+                    kind: optional(m, "type")?,
+                })
+            })
+            .collect::<std::result::Result<_, String>>()?,
+        hooks: list(v, "hooks")?
+            .iter()
+            .map(|h| Ok(Hook { path: required(h, "path")?, args: strings(h, "args")? }))
+            .collect::<std::result::Result<_, String>>()?,
+    }))
+}
+
+fn optional(v: &Value, key: &str) -> std::result::Result<Option<String>, String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("`{key}` must be a string")),
+    }
+}
+
+fn required(v: &Value, key: &str) -> std::result::Result<String, String> {
+    optional(v, key)?.ok_or_else(|| format!("missing field `{key}`"))
+}
+
+fn list<'a>(v: &'a Value, key: &str) -> std::result::Result<&'a [Value], String> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(format!("`{key}` must be a list")),
+    }
+}
+
+fn strings(v: &Value, key: &str) -> std::result::Result<Vec<String>, String> {
+    list(v, key)?
+        .iter()
+        .map(|s| match s {
+            Value::String(s) => Ok(s.clone()),
+            _ => Err(format!("`{key}` must be a list of strings")),
+        })
+        .collect()
 }
 
 /// One spec file, read.
@@ -135,7 +202,7 @@ fn find<'a>(
 ) -> Result<Vec<(&'a Loaded, &'a Device)>> {
     let mut by_name: BTreeMap<&str, (&Loaded, &Device)> = BTreeMap::new();
     for l in specs.iter().filter(|l| l.spec.kind == kind) {
-        for d in l.spec.devices.iter().flatten() {
+        for d in &l.spec.devices {
             by_name.insert(&d.name, (l, d));
         }
     }
@@ -151,10 +218,8 @@ fn find<'a>(
 
 fn unknown(specs: &[Loaded], name: &str, dirs: &[&Path]) -> Error {
     let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-    let mut known: Vec<String> = specs
-        .iter()
-        .flat_map(|l| l.spec.devices.iter().flatten().map(move |d| format!("{}={}", l.spec.kind, d.name)))
-        .collect();
+    let mut known: Vec<String> =
+        specs.iter().flat_map(|l| l.spec.devices.iter().map(move |d| format!("{}={}", l.spec.kind, d.name))).collect();
     known.sort();
     known.dedup();
     if known.is_empty() {
@@ -204,11 +269,11 @@ fn load(file: &Path) -> Result<Spec> {
 }
 
 fn parse(text: &str, format: Format) -> std::result::Result<Spec, String> {
-    let json = match format {
-        Format::Json => text.to_string(),
-        Format::Yaml => crate::yaml::to_json(text)?,
+    let tree = match format {
+        Format::Json => yaml::parse_json(text)?,
+        Format::Yaml => yaml::parse(text)?,
     };
-    serde_json::from_slice(json.as_bytes()).map_err(|e| e.to_string())
+    Spec::from(&tree)
 }
 
 /// 0.5.0 to 0.8.0: what this reader was written against.
@@ -221,19 +286,19 @@ fn check_version(v: &str) -> std::result::Result<(), String> {
 }
 
 fn apply(e: &Edits, device: &str, out: &mut Injected) -> Result<()> {
-    for var in e.env.iter().flatten() {
+    for var in &e.env {
         let (k, v) = var
             .split_once('=')
             .ok_or_else(|| Error(format!("CDI device {device}: variable `{var}` is not NAME=VALUE")))?;
         out.env.push((k.to_string(), v.to_string()));
     }
-    for node in e.device_nodes.iter().flatten() {
+    for node in &e.device_nodes {
         out.binds.push(device_node(node, device)?);
     }
-    for m in e.mounts.iter().flatten() {
+    for m in &e.mounts {
         out.binds.push(mount(m, device)?);
     }
-    for h in e.hooks.iter().flatten() {
+    for h in &e.hooks {
         hook(h, device, out)?;
     }
     Ok(())
@@ -252,7 +317,7 @@ fn device_node(node: &DeviceNode, device: &str) -> Result<UserBind> {
 }
 
 fn mount(m: &Mount, device: &str) -> Result<UserBind> {
-    let options = m.options.as_deref().unwrap_or_default();
+    let options = &m.options;
     let bind = matches!(m.kind.as_deref(), None | Some("bind") | Some("rbind") | Some("none"))
         || options.iter().any(|o| o == "bind" || o == "rbind");
     if !bind {
@@ -271,7 +336,7 @@ fn mount(m: &Mount, device: &str) -> Result<UserBind> {
 
 /// The NVIDIA Container Toolkit's hooks, done as what they mean; any other is an error.
 fn hook(h: &Hook, device: &str, out: &mut Injected) -> Result<()> {
-    let args = h.args.as_deref().unwrap_or_default();
+    let args = h.args.as_slice();
     let program = Path::new(&h.path).file_name().and_then(|n| n.to_str()).unwrap_or("");
     let command: &[String] = match (program, args) {
         ("nvidia-ctk", [_, hook, rest @ ..]) if hook == "hook" => rest,
@@ -431,9 +496,10 @@ devices:
             ("v.json", r#"{"cdiVersion": "0.4.0", "kind": "a.com/b", "devices": []}"#, "cdiVersion `0.4.0`"),
             ("v.yaml", "cdiVersion: 1.0.0\nkind: a.com/b\n", "cdiVersion `1.0.0`"),
             ("k.yaml", "cdiVersion: 0.5.0\nkind: nokind\n", "kind `nokind`"),
-            ("j.json", "{\"cdiVersion\": ", "EOF while parsing"),
+            ("j.json", "{\"cdiVersion\": ", "line 1: expected `,`"),
             ("y.yaml", "cdiVersion: 0.5.0\n kind: x\n", "line 2"),
             ("m.yaml", "kind: a.com/b\n", "missing field `cdiVersion`"),
+            ("l.json", r#"{"cdiVersion": "0.5.0", "kind": "a.com/b", "devices": {}}"#, "`devices` must be a list"),
         ] {
             let d = Dir::new("bad", &[(file, text)]);
             let err = inject_from(&d, &["a.com/b=x"]).unwrap_err().0;

@@ -1,20 +1,22 @@
-//! The subset of YAML that CDI spec files are written in, turned into JSON text, so
-//! that one set of serde types, read by the JSON reader the stub has anyway for its
-//! metadata, reads both forms of a spec (`cdi.rs`).
+//! The subset of YAML that CDI spec files are written in, and JSON (which is YAML's
+//! flow style on many lines), read into one small tree ([`Value`]) that `cdi.rs` walks.
 //!
-//! Why by hand: a YAML crate (`serde_yaml` with `unsafe-libyaml`) would add well over
-//! 100 KiB to the static stub. Going through `serde_json::Value` instead of JSON text
-//! cost 78 KiB for all of CDI (the stub with and without `cdi::inject`: 1,011,928 against
-//! 934,104 bytes); through JSON text and `serde_json::from_slice`, which the metadata
-//! already instantiates, much less (see the size in the commit). What it
-//! reads: block mappings and sequences (a sequence may sit at its key's indentation, as
-//! `nvidia-ctk` writes them), `- key: value` items, plain, single- and double-quoted
-//! scalars, one-line flow collections (`[a, "b"]`, `{k: v}`), comments, `---`.
-//! Every scalar is a string (`null` and `~` are null): CDI's fields that matter here
-//! are all strings. Anything else (block scalars `|`/`>`, anchors, tags, multi-line
-//! plain scalars) is an error naming its line.
+//! Why by hand, and why not serde: a YAML crate (`serde_yaml` with `unsafe-libyaml`)
+//! would add well over 100 KiB to the static stub; reading the specs with serde derives
+//! through `serde_json::Value` cost 78 KiB for all of CDI (the stub with and without
+//! `cdi::inject`: 1,011,928 against 934,104 bytes), through JSON text and
+//! `serde_json::from_slice` still 65 KiB (999,640). This reader and a walk over its tree
+//! cost a fraction of that (the size is in the commit that made it).
+//!
+//! What it reads: block mappings and sequences (a sequence may sit at its key's
+//! indentation, as `nvidia-ctk` writes them), `- key: value` items, plain, single- and
+//! double-quoted scalars, one-line flow collections (`[a, "b"]`, `{k: v}`), comments,
+//! `---`; and any JSON document. Every scalar is a string (`null` and `~` are null;
+//! numbers and booleans stay text): CDI's fields that matter here are all strings.
+//! Anything else (block scalars `|`/`>`, anchors, tags, multi-line plain scalars) is an
+//! error naming its line.
 
-/// A YAML node: scalars are strings (or null).
+/// A node: scalars are strings (or null).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
@@ -25,59 +27,31 @@ pub enum Value {
 
 type Map = Vec<(String, Value)>;
 
-/// A document as JSON text, or `line N: what is wrong`.
-pub fn to_json(text: &str) -> Result<String, String> {
-    let mut out = String::new();
-    parse(text)?.write_json(&mut out);
-    Ok(out)
-}
-
 impl Value {
-    fn write_json(&self, out: &mut String) {
+    /// The value of `key`, when this is a mapping that has it.
+    pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Null => out.push_str("null"),
-            Value::String(s) => write_string(s, out),
-            Value::Array(items) => {
-                out.push('[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    v.write_json(out);
-                }
-                out.push(']');
-            }
-            Value::Object(entries) => {
-                out.push('{');
-                for (i, (k, v)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write_string(k, out);
-                    out.push(':');
-                    v.write_json(out);
-                }
-                out.push('}');
-            }
+            Value::Object(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
         }
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// A JSON document: one flow node, its line breaks read as spaces (a JSON string holds
+/// none), so that an error still names its line.
+pub fn parse_json(text: &str) -> Result<Value, String> {
+    let flat: Vec<u8> = text.bytes().map(|b| if b.is_ascii_whitespace() { b' ' } else { b }).collect();
+    let mut flow = Flow { s: &flat, at: 0, number: 0, original: Some(text.as_bytes()) };
+    let v = flow.value()?;
+    flow.space();
+    if flow.at != flow.s.len() {
+        return Err(flow.err("unexpected text after the document"));
     }
-    out.push('"');
+    Ok(v)
 }
 
-/// A document, or `line N: what is wrong`.
-fn parse(text: &str) -> Result<Value, String> {
+/// A YAML document, or `line N: what is wrong`.
+pub fn parse(text: &str) -> Result<Value, String> {
     let lines = logical_lines(text)?;
     if lines.is_empty() {
         return Ok(Value::Null);
@@ -245,7 +219,7 @@ fn split_key(text: &str) -> Option<(String, String)> {
 
 /// A scalar or a one-line flow collection.
 fn scalar_or_flow(text: &str, number: usize) -> Result<Value, String> {
-    let mut flow = Flow { s: text.as_bytes(), at: 0, number };
+    let mut flow = Flow { s: text.as_bytes(), at: 0, number, original: None };
     let v = flow.value()?;
     flow.space();
     if flow.at != flow.s.len() {
@@ -257,12 +231,18 @@ fn scalar_or_flow(text: &str, number: usize) -> Result<Value, String> {
 struct Flow<'a> {
     s: &'a [u8],
     at: usize,
+    /// The line of a YAML value; for JSON, 0 and the `original` text to count lines in.
     number: usize,
+    original: Option<&'a [u8]>,
 }
 
 impl Flow<'_> {
     fn err(&self, what: &str) -> String {
-        format!("line {}: {what}", self.number)
+        let line = match self.original {
+            Some(text) => 1 + text[..self.at.min(text.len())].iter().filter(|&&b| b == b'\n').count(),
+            None => self.number,
+        };
+        format!("line {line}: {what}")
     }
 
     fn space(&mut self) {
@@ -375,6 +355,9 @@ impl Flow<'_> {
                     let escaped = match chars.next().map(|(_, e)| e) {
                         Some('n') => '\n',
                         Some('t') => '\t',
+                        Some('r') => '\r',
+                        Some('b') => '\u{8}',
+                        Some('f') => '\u{c}',
                         Some('0') => '\0',
                         Some(e @ ('"' | '\\' | '/' | ' ')) => e,
                         Some('u') => {
@@ -407,8 +390,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Our tree as serde_json's, to compare with `json!`.
+    fn as_json(v: Value) -> serde_json::Value {
+        match v {
+            Value::Null => serde_json::Value::Null,
+            Value::String(s) => s.into(),
+            Value::Array(a) => a.into_iter().map(as_json).collect(),
+            Value::Object(o) => serde_json::Value::Object(o.into_iter().map(|(k, v)| (k, as_json(v))).collect()),
+        }
+    }
+
     fn parse(text: &str) -> Result<serde_json::Value, String> {
-        to_json(text).map(|j| serde_json::from_str(&j).unwrap())
+        super::parse(text).map(as_json)
+    }
+
+    #[test]
+    fn json_is_read_too() {
+        let v = parse_json("{\"a\": [1, true, null, \"x\\ty\"],\n \"b\": {}}").map(as_json).unwrap();
+        assert_eq!(v, json!({"a": ["1", "true", null, "x\ty"], "b": {}}));
+        let err = parse_json("{\"a\":\n [1,\n 2").unwrap_err();
+        assert!(err.starts_with("line 3: expected `,`"), "{err}");
     }
 
     #[test]
