@@ -426,3 +426,51 @@ mount -o remount,bind,ro --recursive /newroot/in
     let who = Host { binds: vec![UserBind::parse("/nope:/in").unwrap()], ..who };
     assert!(plan::resolve(&who, &host).unwrap_err().contains("/nope: it does not exist on the host"));
 }
+
+/// From devices and a writable overlay to the steps, through the real planner: a
+/// device node under `/dev` is already there (the host's `/dev` is bound), a library
+/// lands in `/.bundle/host-libs`, a CDI link goes into the layer, writes into memory.
+#[test]
+fn devices_and_an_overlay_become_a_fuse_start_up() {
+    use crate::plan::{self, Found, Host, Injected, UserBind};
+    let host_paths = ["/proc", "/dev", "/dev/nvidia0", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"];
+    let host = |p: &Path| {
+        let kind = if ["/proc", "/dev"].contains(&p.to_str()?) { Found::Dir } else { Found::File };
+        host_paths.contains(&p.to_str()?).then(|| (kind, p.to_path_buf()))
+    };
+    let image = |p: &Path| ["/", "/proc", "/dev", "/usr", "/usr/lib"].contains(&p.to_str()?).then_some(Found::Dir);
+    let injected = Injected {
+        binds: vec![
+            UserBind { src: "/dev/nvidia0".into(), dst: "/dev/nvidia0".into(), readonly: false },
+            UserBind {
+                src: "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+                dst: "/.bundle/host-libs/libcuda.so.1".into(),
+                readonly: true,
+            },
+        ],
+        links: vec![("/usr/lib/libcuda.so".into(), "libcuda.so.1".into())],
+        ..Injected::default()
+    };
+    let who = Host { cwd: "/".into(), injected, writes: Writes::Memory, ..Host::default() };
+    let plan = plan::resolve(&who, &host).unwrap().place(&image).unwrap();
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+pivot_root /tmp /tmp/oldroot
+cd /
+mkdir /lower
+mount -t fuse.bundle -o ro,nosuid,nodev bundle /lower (the image served as the caller's, with empty /.bundle, /.bundle/host-libs, /.bundle/host-libs/libcuda.so.1)
+mkdir /layer
+mkdir /layer/usr
+mkdir /layer/usr/lib
+ln -s libcuda.so.1 /layer/usr/lib/libcuda.so
+mkdir /upper
+mkdir /work
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/lower,upperdir=/upper,workdir=/work,userxattr overlay /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/dev /newroot/dev
+mount --rbind /oldroot/usr/lib/x86_64-linux-gnu/libcuda.so.1 /newroot/.bundle/host-libs/libcuda.so.1
+mount -o remount,bind,ro --recursive /newroot/.bundle/host-libs/libcuda.so.1
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&plan, &Root::Fuse), expected);
+}
