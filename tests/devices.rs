@@ -496,7 +496,12 @@ fn nvidia_driver_from_the_hosts_ld_so_cache() {
     fake_lib(&driver, "libcuda.so.1", "libcuda.so.1", "fake cuda");
     let cache = ldconfig_cache(&t, &[&driver]);
     let nodes = [DeviceNode::new(Path::new("/dev/nvidia0")), DeviceNode::new(Path::new("/dev/nvidiactl"))];
-    let binds = [(cache.as_path(), Path::new("/etc/ld.so.cache"))];
+    // Its program, in a directory bound over the host's /usr/local/bin.
+    let bin = t.dir.join("driver-bin");
+    fs::create_dir(&bin).unwrap();
+    fs::write(bin.join("nvidia-smi"), "#!/bin/sh\necho fake nvidia-smi\n").unwrap();
+    fs::set_permissions(bin.join("nvidia-smi"), fs::Permissions::from_mode(0o755)).unwrap();
+    let binds = [(cache.as_path(), Path::new("/etc/ld.so.cache")), (bin.as_path(), Path::new("/usr/local/bin"))];
     for mode in [Mode::Fuse, Mode::Extract] {
         let who = As::User(mode);
         let out = run_bound(&t, who, &binds, &image, &[], &args(&["--bundle-nv", "libnvidia-ml.so.1", "which"]));
@@ -512,6 +517,8 @@ fn nvidia_driver_from_the_hosts_ld_so_cache() {
             &sh("ls /.bundle/host-libs; [ -c /dev/nvidia0 ] && [ -c /dev/nvidiactl ] && echo nodes"),
         );
         out.assert_success().assert_stdout("libcuda.so.1\nlibnvidia-ml.so.1\nnodes\n");
+        let out = run_bound(&t, who, &binds, &image, &[], &args(&["--bundle-nv", "--bundle-exec", "nvidia-smi"]));
+        out.assert_success().assert_stdout("fake nvidia-smi\n");
     }
     drop(nodes);
     // The host's own cache has no NVIDIA driver.
@@ -530,8 +537,7 @@ fn a_host_library_goes_ahead_of_the_images_copy() {
     let host_lib = fake_lib(&host_dir, "libe2e.so.1", "libe2e.so.1", "host copy");
     let cache = ldconfig_cache(&t, &[&host_dir]);
     let binds = [(cache.as_path(), Path::new("/etc/ld.so.cache"))];
-    for mode in [Mode::Fuse, Mode::Extract] {
-        let who = As::User(mode);
+    for who in [As::User(Mode::Fuse), As::User(Mode::Extract), As::Kernel] {
         let call = |extra: &[&str], env: &[(&str, &str)]| {
             let mut a = args(extra);
             a.extend(args(&["libe2e.so.1", "which"]));
