@@ -229,6 +229,25 @@ fn tmpfs_and_overlay_exclude_each_other() {
     run_as(&t, As::User(Mode::Extract), app(), &[], &args).assert_bundle_error("choose one");
 }
 
+#[test]
+fn host_mode_refuses_what_only_a_container_gives() {
+    let t = start("host-mode", Mode::Extract);
+    for (flag, env) in [
+        ("--bundle-writable-tmpfs", ("BUNDLE_X", "")),
+        ("--bundle-nv", ("BUNDLE_X", "")),
+        ("--bundle-host-mpi", ("BUNDLE_X", "")),
+        ("--bundle-overlay", ("BUNDLE_OVERLAY", "/tmp")),
+    ] {
+        let mut c = t.cmd(app());
+        c.env("BUNDLE_MODE", "host").env(env.0, env.1);
+        if flag != "--bundle-overlay" {
+            c.arg(flag);
+        }
+        c.arg("args");
+        run(c).assert_bundle_error(&format!("{flag} needs a container, and this host can make none"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Fakes
 

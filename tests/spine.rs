@@ -384,6 +384,45 @@ fn fuse_server_lives_while_the_application_runs() {
     t.assert_no_processes(Duration::from_secs(3));
 }
 
+/// The parent pid of `pid`, from /proc.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_dead_fuse_server_ends_its_container_and_the_next_run_works() {
+    let t = start("server-death", Mode::Fuse);
+    let shared = |linger: &str, args: &[&str]| {
+        let mut c = t.app(app(), Mode::Fuse, args);
+        c.env("BUNDLE_SHARE", "server-death").env("BUNDLE_LINGER", linger);
+        c
+    };
+    let mut p = Running::spawn(&mut shared("60", &["wait-signal"]));
+    p.wait_for_line("ready", READY);
+    let procs: Vec<i32> = t.processes().iter().map(|(pid, _)| *pid).filter(|&pid| pid != p.pid()).collect();
+    // The keeper and its child, the FUSE server.
+    let server = procs.iter().copied().find(|&s| parent_pid(s).is_some_and(|pp| procs.contains(&pp)));
+    let server = server.unwrap_or_else(|| panic!("no FUSE server among {procs:?}"));
+    let keeper = parent_pid(server).unwrap();
+    // Named, so that `ps -e` and `top` tell them from the application.
+    let comm = |pid: i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!((comm(keeper).trim(), comm(server).trim()), ("bundle-keeper", "bundle-fuse"));
+    // SAFETY: kill of a process of this test.
+    assert_eq!(unsafe { libc::kill(server, libc::SIGKILL) }, 0);
+    // The keeper leaves at once, not after its 60 s of linger, though a member still runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while fs::read_to_string(format!("/proc/{keeper}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "the keeper {keeper} outlived its FUSE server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A run under the same key gets a new container.
+    run(&mut shared("0", &["args", "again"])).assert_success().assert_stdout("[again]\n");
+    p.signal(libc::SIGTERM);
+    p.finish(SHORT).assert_code(64 + libc::SIGTERM);
+    t.assert_no_processes(Duration::from_secs(5));
+}
+
 #[test]
 fn automatic_mode_is_fuse_when_usable() {
     let t = start("auto-fuse", Mode::Auto);
@@ -980,6 +1019,54 @@ fn error_no_user_namespaces() {
         assert_ne!(out.code(), Some(99), "cannot limit user namespaces here\n{out}");
         out.assert_bundle_error("user namespace");
     }
+}
+
+/// A bundle of a dynamically linked probe (the closure brings its libraries).
+fn dynamic_probe_bundle(t: &Test) -> PathBuf {
+    let exe = t.dir.join("probe-dyn");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/probe.c");
+    run(Command::new("gcc").args(["-O2", "-Wall", "-o"]).arg(&exe).arg(&src)).assert_success();
+    Build::new()
+        .arg("--file")
+        .arg(format!("{}=/usr/bin/probe", exe.display()))
+        .entrypoint("/usr/bin/probe")
+        .build(&t.dir.join("dynamic.sif"))
+}
+
+#[test]
+fn host_mode_where_no_namespace_can_be_made() {
+    // bubblewrap's --disable-userns: a user namespace in which no further one can be
+    // made (unshare fails with ENOSPC), as under a seccomp filter or a nested limit.
+    let t = Test::new("host-mode");
+    let sif = dynamic_probe_bundle(&t);
+    let denied = |mode: Mode, args: &[&str]| {
+        let mut c = t.cmd("bwrap");
+        c.args(["--unshare-user", "--disable-userns", "--bind", "/", "/", "--proc", "/proc"])
+            .args(["--dev-bind", "/dev", "/dev", "--chdir"])
+            .arg(&t.work)
+            .arg(&sif)
+            .args(args);
+        set_mode(&mut c, mode);
+        c
+    };
+    // Chosen by itself: the program runs, with the image's libraries, from the cache.
+    run(&mut denied(Mode::Auto, &["args", "a b", "c"])).assert_success().assert_stdout("[a b]\n[c]\n");
+    let root = run(&mut denied(Mode::Auto, &["env", "BUNDLE_ROOT"])).assert_success().stdout();
+    let root = root.trim_end();
+    assert!(root.starts_with(t.cache.join("images").to_str().unwrap()), "{root}");
+    let libs = run(&mut denied(Mode::Auto, &["libs"])).assert_success().lines();
+    assert!(libs.iter().any(|l| l.contains("libc.so")), "{libs:?}");
+    assert!(libs.iter().all(|l| l.starts_with(root)), "libraries from outside the image: {libs:?}");
+    run(&mut denied(Mode::Auto, &["cwd"])).assert_success().assert_stdout(&format!("{}\n", t.work.display()));
+    run(&mut denied(Mode::Auto, &["exit", "7"])).assert_code(7);
+    // A forced namespace mode says why it cannot run, and what to do.
+    for mode in [Mode::Fuse, Mode::Extract] {
+        run(&mut denied(mode, &["args"])).assert_bundle_error("--bundle-mode=host");
+    }
+    // Forced where namespaces work: the same.
+    let mut c = t.app(&sif, Mode::Auto, &["args", "forced"]);
+    c.env("BUNDLE_MODE", "host");
+    run(&mut c).assert_success().assert_stdout("[forced]\n");
 }
 
 #[test]

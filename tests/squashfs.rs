@@ -54,28 +54,31 @@ fn sample_tree() -> &'static Path {
     })
 }
 
+/// Compressible bytes: numbered lines, different for each seed.
 fn text(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let words: [&[u8]; 5] = [b"squash ", b"inode ", b"fragment ", b"zstd\n", b"tree "];
-    let mut out = Vec::with_capacity(len + 16);
+    let mut out = Vec::with_capacity(len + 64);
+    let mut line = 0u64;
     while out.len() < len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        out.extend_from_slice(words[(x >> 33) as usize % words.len()]);
+        out.extend_from_slice(format!("file {seed} line {line} of the sample tree\n").as_bytes());
+        line += 1;
     }
     out.truncate(len);
     out
 }
 
+/// Bytes that do not compress (splitmix64), so their blocks are stored as they are.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 fn write(p: &Path, bytes: &[u8], mode: u32) {

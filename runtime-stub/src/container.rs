@@ -16,6 +16,7 @@ use crate::cache;
 use crate::exec::{drop_privileges, environment, exec};
 use crate::fail::{Context, Error, Result};
 use crate::host;
+use crate::host_mode;
 use crate::keeper;
 use crate::loopdev;
 use crate::namespaces;
@@ -40,18 +41,53 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
         None => Some(command_line(bundle, opts, None)?),
         Some(_) => None,
     };
-    let mode = host::choose_mode(opts.mode)?;
+    let (mode, forced) = host::choose_mode(opts.mode)?;
+    if mode == Mode::Host {
+        return run_without_namespaces(bundle, opts, known);
+    }
     let who = host::caller(bundle, opts)?;
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = host::linger(opts.linger)?;
-    session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who)))?;
+    match session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who))) {
+        // Only `unshare` itself can tell of a seccomp filter or an enclosing limit.
+        Err(e) if !forced && namespaces::is_unavailable(&e) => return run_without_namespaces(bundle, opts, known),
+        r => r?,
+    }
     let argv = match known {
         Some(argv) => argv,
         None => command_line(bundle, opts, called_as.as_deref().and_then(in_bin_dirs))?,
     };
     std::env::set_current_dir(&who.cwd).context(|| format!("cannot enter {} in the container", who.cwd.display()))?;
     let env = environment(std::env::vars_os(), &bundle.metadata.env, &who.injected, opts.cleanenv);
+    if geteuid().is_root() && !opts.keep_caps {
+        drop_privileges()?;
+    }
+    Err(exec(&argv, &env))
+}
+
+/// host mode: no namespaces; the image unpacked into the cache and the program started
+/// through the image's own loader (`host_mode.rs`). No keeper: each process runs on its
+/// own, and the cache's lock makes concurrent first runs unpack once.
+fn run_without_namespaces(
+    bundle: &Bundle,
+    opts: &Options,
+    known: Option<Vec<OsString>>,
+) -> Result<std::convert::Infallible> {
+    if let Some(option) = host::needs_container(&opts.host) {
+        return Err(Error(format!(
+            "{option} needs a container, and this host can make none (host mode: no namespaces); run without it"
+        )));
+    }
+    let tree = cache::cached_tree(bundle, || open_image(bundle))?;
+    let argv = match known {
+        Some(argv) => argv,
+        None => command_line(bundle, opts, multicall_name(opts).map(PathBuf::from))?,
+    };
+    let argv = host_mode::command(&tree, &argv)?;
+    let mut env = environment(std::env::vars_os(), &bundle.metadata.env, &Default::default(), opts.cleanenv);
+    // Where the image is, for programs that want to find their data in it.
+    env.insert("BUNDLE_ROOT".into(), tree.into_os_string());
     if geteuid().is_root() && !opts.keep_caps {
         drop_privileges()?;
     }
@@ -89,6 +125,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
                 sources.place(&|p| dir_found(Path::new(LOWER), p)).map_err(Error)
             })?;
         }
+        Mode::Host => return Err(Error("host mode makes no container".into())),
     }
     Ok(mode != Mode::Kernel)
 }

@@ -9,6 +9,16 @@ use nix::sys::stat::Mode;
 use nix::unistd::{fork, pipe, ForkResult, Pid};
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+/// The helpers this process forked (the keeper's FUSE server): the container depends on
+/// them, so the keeper watches them.
+static HELPERS: Mutex<Vec<Pid>> = Mutex::new(Vec::new());
+
+/// The processes [`fork_reporting`] made in this process.
+pub fn helpers() -> Vec<Pid> {
+    HELPERS.lock().map(|h| h.clone()).unwrap_or_default()
+}
 
 /// Forks `what`: the child runs `child` with the write end of a pipe and exits with the
 /// status it returns; the parent gets the child's pid and the read end, on which the
@@ -21,7 +31,21 @@ pub fn fork_reporting(what: &str, child: impl FnOnce(File) -> i32) -> Result<(Pi
             drop(report_r);
             std::process::exit(child(File::from(report_w)))
         }
-        ForkResult::Parent { child } => Ok((child, File::from(report_r))),
+        ForkResult::Parent { child } => {
+            if let Ok(mut h) = HELPERS.lock() {
+                h.push(child);
+            }
+            Ok((child, File::from(report_r)))
+        }
+    }
+}
+
+/// Names this process as `ps -e`, `top` and `pgrep` show it (`bundle-keeper`,
+/// `bundle-fuse`), so that an administrator can tell it from the application, whose
+/// command line it still carries.
+pub fn name(name: &str) {
+    if let Ok(n) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&n);
     }
 }
 

@@ -95,6 +95,7 @@ fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, mut ready: File) -> Result<()> 
         return Ok(());
     }
     daemon::ignore_job_signals();
+    daemon::name("bundle-fuse");
     let _ = setsid();
     // The host root, where /dev/fuse is, stays our root whatever the parent pivots to;
     // extra channels (one per thread) are opened by path.

@@ -6,6 +6,7 @@ use crate::cdi;
 use crate::fail::{Context, Error, Result};
 use crate::fuse;
 use crate::hostlibs::{self, HostCache};
+use crate::namespaces;
 use crate::options::{self, HostOptions, Mode, Options};
 use crate::plan::{Found, Host, Injected, UserBind, Writes};
 use bundle_format::Bundle;
@@ -66,6 +67,22 @@ fn injected(opts: &HostOptions, cwd: &Path) -> Result<Injected> {
         all.extend(hostlibs::host_lib(&lib, &mut cache)?);
     }
     Ok(all)
+}
+
+/// The first option asked for (by flag or variable) that only a container can give:
+/// binds, an overlay.
+pub fn needs_container(opts: &HostOptions) -> Option<&'static str> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    [
+        (opts.writable_tmpfs || env_flag("BUNDLE_WRITABLE_TMPFS"), "--bundle-writable-tmpfs"),
+        (opts.overlay.is_some() || set("BUNDLE_OVERLAY"), "--bundle-overlay"),
+        (!env_list("BUNDLE_DEVICE", &opts.devices).is_empty(), "--bundle-device"),
+        (opts.nv || env_flag("BUNDLE_NV"), "--bundle-nv"),
+        (!env_list("BUNDLE_HOST_LIB", &opts.libs).is_empty(), "--bundle-host-lib"),
+        (opts.mpi || env_flag("BUNDLE_HOST_MPI"), "--bundle-host-mpi"),
+    ]
+    .into_iter()
+    .find_map(|(asked, option)| asked.then_some(option))
 }
 
 /// Whether a variable is set to a true value (`1`, `yes`, `true`, `on`).
@@ -173,16 +190,20 @@ fn user_binds(bundle: &Bundle, opts: &Options) -> Result<Vec<UserBind>> {
         .collect()
 }
 
-/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else fuse where
-/// `/dev/fuse` can be opened, else extract.
-pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
+/// `--bundle-mode`, else `BUNDLE_MODE`, else kernel as root, else host where the host's
+/// settings forbid user namespaces, else fuse where `/dev/fuse` can be opened, else
+/// extract. The second value says whether the mode was forced.
+pub fn choose_mode(flag: Option<Mode>) -> Result<(Mode, bool)> {
     let root = geteuid().is_root();
     let forced = match (flag, std::env::var("BUNDLE_MODE")) {
         (Some(m), _) => Some(m),
         (None, Ok(v)) if !v.is_empty() => Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?),
         _ => None,
     };
-    match forced {
+    let chosen = match forced {
+        Some(Mode::Fuse | Mode::Extract) if !root && namespaces::known_limit().is_some() => {
+            Err(Error(format!("{}: {}", namespaces::UNAVAILABLE, namespaces::known_limit().unwrap_or_default())))
+        }
         Some(Mode::Kernel) if !root => {
             Err(Error("kernel mode needs root (CAP_SYS_ADMIN); use --bundle-mode=fuse or extract".into()))
         }
@@ -192,10 +213,13 @@ pub fn choose_mode(flag: Option<Mode>) -> Result<Mode> {
             Err(e) => Err(Error(format!("fuse mode: {}; use --bundle-mode=extract", e.0))),
         },
         Some(Mode::Extract) => Ok(Mode::Extract),
+        Some(Mode::Host) => Ok(Mode::Host),
         None if root && Path::new("/dev/loop-control").exists() => Ok(Mode::Kernel),
+        None if !root && namespaces::known_limit().is_some() => Ok(Mode::Host),
         None if fuse::open_device_in(Path::new("/")).is_ok() => Ok(Mode::Fuse),
         None => Ok(Mode::Extract),
-    }
+    };
+    chosen.map(|m| (m, forced.is_some()))
 }
 
 /// `--bundle-linger`, else `BUNDLE_LINGER`, in seconds (fractions allowed).

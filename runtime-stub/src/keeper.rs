@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::kill;
 use nix::sys::socket::{getsockopt, sendmsg, sockopt::PeerCredentials, ControlMessage, MsgFlags};
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, setsid, ForkResult, Pid, Uid};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IoSlice, Read, Write};
@@ -57,6 +57,7 @@ fn read_report(line: &str) -> Result<()> {
 
 fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {
     daemon::ignore_job_signals();
+    daemon::name("bundle-keeper");
     let own_user = match build() {
         Ok(own_user) => own_user,
         Err(e) => fail(report, e),
@@ -106,6 +107,12 @@ impl Member {
         Member { pid, pidfd }
     }
 
+    /// For a child of ours: whether it still runs (a dead child is a zombie until
+    /// reaped, which `kill(pid, 0)` would count as alive).
+    fn child_alive(&self) -> bool {
+        matches!(waitpid(self.pid, Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive))
+    }
+
     fn alive(&self) -> bool {
         match &self.pidfd {
             Some(fd) => {
@@ -116,6 +123,9 @@ impl Member {
         }
     }
 }
+
+/// How often processes are polled where the kernel has no pidfd.
+const POLL: Duration = Duration::from_millis(200);
 
 /// The rank that started us joins right after we report ready; if it died before
 /// that, we still leave, after this long.
@@ -133,15 +143,23 @@ fn serve(listener: UnixListener, ns: &[OwnedFd], linger: Duration) {
     let mut idle_since = Instant::now();
     let mut patience = linger.max(FIRST_JOIN_GRACE);
     let mut joined = false;
+    // The FUSE server: when it dies the mount is dead, and a rank that joined would find
+    // nothing to run. Leave at once; the next run starts a new container.
+    let helpers: Vec<Member> = daemon::helpers().into_iter().map(Member::new).collect();
     loop {
-        let timeout = if members.is_empty() {
-            patience.saturating_sub(idle_since.elapsed())
-        } else if members.iter().any(|m| m.pidfd.is_none()) {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(3600)
+        // Without pidfds (kernels before 5.3), processes are polled.
+        let polling = members.iter().chain(&helpers).any(|m| m.pidfd.is_none());
+        let idle_left = patience.saturating_sub(idle_since.elapsed());
+        let timeout = match (members.is_empty(), polling) {
+            (true, true) => idle_left.min(POLL),
+            (true, false) => idle_left,
+            (false, true) => POLL,
+            (false, false) => Duration::from_secs(3600),
         };
-        wait_for_event(&listener, members.iter().chain(&launchers), timeout);
+        wait_for_event(&listener, members.iter().chain(&launchers).chain(&helpers), timeout);
+        if helpers.iter().any(|h| !h.child_alive()) {
+            return;
+        }
         while let Ok((stream, _)) = listener.accept() {
             if let Some(pid) = admit(&stream, me, ns) {
                 if let Some(parent) = parent_of(pid).filter(|p| !launchers.iter().any(|l| l.pid == *p)) {

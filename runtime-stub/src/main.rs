@@ -10,6 +10,7 @@ mod exec;
 mod fail;
 mod fuse;
 mod host;
+mod host_mode;
 mod hostlibs;
 mod keeper;
 mod loopdev;

@@ -32,19 +32,63 @@ pub fn enter_mount_only() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| Error(format!("cannot create a mount namespace: {e}")))
 }
 
+/// How every "no user namespace here" error begins: the keeper reports its errors to
+/// the rank as a line of text, and the rank tells this one by it (to fall back to host
+/// mode when the mode was not forced).
+pub const UNAVAILABLE: &str = "cannot create a user namespace";
+
+/// Whether `e` says that no user namespace can be made here.
+pub fn is_unavailable(e: &Error) -> bool {
+    e.0.starts_with(UNAVAILABLE)
+}
+
+/// A limit on unprivileged user namespaces that the host's settings show, with the fix
+/// an administrator can apply; `None` when none is set (a seccomp filter, or a limit in
+/// an enclosing namespace, shows only when `unshare` fails).
+pub fn known_limit() -> Option<String> {
+    let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Some(
+            "user namespaces are disabled (sysctl user.max_user_namespaces=0); an administrator can \
+             enable them with `sysctl -w user.max_user_namespaces=15000`"
+                .into(),
+        );
+    }
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Some(
+            "unprivileged user namespaces are disabled (sysctl kernel.unprivileged_userns_clone=0); an \
+             administrator can enable them with `sysctl -w kernel.unprivileged_userns_clone=1`"
+                .into(),
+        );
+    }
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        return Some(
+            "AppArmor restricts unprivileged user namespaces \
+             (sysctl kernel.apparmor_restrict_unprivileged_userns=1); an administrator can allow \
+             bundles with an AppArmor profile that grants `userns,`, or set the sysctl to 0"
+                .into(),
+        );
+    }
+    None
+}
+
 fn explain_unshare(e: Errno) -> Error {
-    let hint = match e {
-        Errno::EPERM | Errno::EACCES => {
-            "unprivileged user namespaces are disabled on this host \
-             (see sysctl kernel.unprivileged_userns_clone, user.max_user_namespaces, \
-             or an AppArmor/SELinux policy); ask the administrators to enable them"
+    let hint = known_limit().unwrap_or_else(|| {
+        match e {
+            Errno::EPERM | Errno::EACCES => {
+                "a security policy forbids it (a seccomp filter, as inside many containers, or \
+                 SELinux); run with --bundle-mode=host, or ask the administrators to allow \
+                 unprivileged user namespaces"
+            }
+            Errno::ENOSPC | Errno::EUSERS => {
+                "the limit on user namespaces is reached (user.max_user_namespaces, here or in an \
+                 enclosing namespace); run with --bundle-mode=host, or ask the administrators to \
+                 raise it"
+            }
+            Errno::EINVAL => "this kernel does not support user namespaces; run with --bundle-mode=host",
+            _ => "the kernel refused; run with --bundle-mode=host",
         }
-        Errno::ENOSPC | Errno::EUSERS => {
-            "the limit on user namespaces is reached (sysctl user.max_user_namespaces); \
-             ask the administrators to raise it"
-        }
-        Errno::EINVAL => "this kernel does not support user namespaces",
-        _ => "the kernel refused",
-    };
-    Error(format!("cannot create a user namespace ({e}): {hint}"))
+        .to_string()
+    });
+    Error(format!("{UNAVAILABLE} ({e}): {hint}"))
 }

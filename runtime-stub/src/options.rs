@@ -12,6 +12,9 @@ pub enum Mode {
     Kernel,
     Fuse,
     Extract,
+    /// No namespaces at all: the image unpacked as in extract mode, the program started
+    /// through the image's own loader (`host_mode.rs`).
+    Host,
 }
 
 impl Mode {
@@ -20,6 +23,7 @@ impl Mode {
             Mode::Kernel => "kernel",
             Mode::Fuse => "fuse",
             Mode::Extract => "extract",
+            Mode::Host => "host",
         }
     }
 
@@ -28,7 +32,8 @@ impl Mode {
             "kernel" => Ok(Mode::Kernel),
             "fuse" => Ok(Mode::Fuse),
             "extract" => Ok(Mode::Extract),
-            other => Err(Error(format!("unknown mode `{other}` (expected kernel, fuse or extract)"))),
+            "host" => Ok(Mode::Host),
+            other => Err(Error(format!("unknown mode `{other}` (expected kernel, fuse, extract or host)"))),
         }
     }
 }
@@ -97,8 +102,9 @@ Options of the bundle itself (they must come first):
   --bundle-offset           print the byte offset of the squashfs image
                             (e.g. unsquashfs -o $(./app.sif --bundle-offset) app.sif)
   --bundle-extract DIR      unpack the image into DIR (must not exist or be empty)
-  --bundle-mode=MODE        kernel (root only), fuse or extract (default: kernel
-                            as root, else fuse when /dev/fuse is usable, else extract)
+  --bundle-mode=MODE        kernel (root only), fuse, extract or host (default:
+                            kernel as root, else fuse when /dev/fuse is usable, else
+                            extract; host, without namespaces, where none can be made)
   --bundle-bind SRC[:DST[:ro]]  also bind host path SRC at DST (repeatable)
   --bundle-cleanenv         start the application with a minimal environment
   --bundle-keep-caps        as root, do not drop capabilities
@@ -121,7 +127,7 @@ Options of the bundle itself (they must come first):
                             (default 3; 0 to leave at once)
   --                        end of bundle options
 
-Environment: BUNDLE_MODE=kernel|fuse|extract, BUNDLE_BIND=SRC[:DST[:ro]],...,
+Environment: BUNDLE_MODE=kernel|fuse|extract|host, BUNDLE_BIND=SRC[:DST[:ro]],...,
 BUNDLEENV_NAME=VALUE (sets NAME inside), BUNDLE_SHARE=off|KEY, BUNDLE_LINGER=SECS,
 BUNDLE_CACHE_DIR (extract mode cache, default $XDG_CACHE_HOME/bundle or
 ~/.cache/bundle), BUNDLE_WRITABLE_TMPFS=1, BUNDLE_OVERLAY=DIR,

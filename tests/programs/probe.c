@@ -16,6 +16,7 @@
  *   probe sleep S        sleep S seconds
  *   probe err TEXT       print TEXT on stderr
  *   probe inode PATH...  print "ino nlink" of each path (lstat)
+ *   probe libs           print the shared objects mapped into the process, one a line
  *   probe holes PATH     print each data range as "START END" (SEEK_DATA/SEEK_HOLE),
  *                        then "size SIZE"
  */
@@ -83,6 +84,25 @@ static int copy_stdin(void) {
         }
     }
     return n < 0;
+}
+
+/* The shared objects in /proc/self/maps (each once, in the order first mapped). */
+static int libs(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    if (!maps) {
+        perror("/proc/self/maps");
+        return 1;
+    }
+    char line[4096], last[4096] = "";
+    while (fgets(line, sizeof line, maps)) {
+        char *path = strchr(line, '/');
+        if (!path || !strstr(path, ".so")) continue;
+        path[strcspn(path, "\n")] = 0;
+        if (strcmp(path, last)) printf("%s\n", path);
+        snprintf(last, sizeof last, "%s", path);
+    }
+    fclose(maps);
+    return 0;
 }
 
 /* The data ranges of a file as lseek's SEEK_DATA and SEEK_HOLE report them. */
@@ -170,6 +190,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "holes") && arg) return holes(arg);
+    if (!strcmp(cmd, "libs")) return libs();
     if (!strcmp(cmd, "err") && arg) {
         fprintf(stderr, "%s\n", arg);
         return 0;
