@@ -25,7 +25,6 @@
 use crate::fail::{Error, Result};
 use crate::plan::{Injected, UserBind};
 use crate::yaml::{self, Value};
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -200,15 +199,19 @@ fn find<'a>(
     name: &str,
     dirs: &[&Path],
 ) -> Result<Vec<(&'a Loaded, &'a Device)>> {
-    let mut by_name: BTreeMap<&str, (&Loaded, &Device)> = BTreeMap::new();
+    // By name, a later spec's device replacing an earlier one's (a vector, not a map:
+    // a handful of devices, and a map's code would cost the stub more than it saves).
+    let mut by_name: Vec<(&Loaded, &Device)> = Vec::new();
     for l in specs.iter().filter(|l| l.spec.kind == kind) {
         for d in &l.spec.devices {
-            by_name.insert(&d.name, (l, d));
+            by_name.retain(|(_, o)| o.name != d.name);
+            by_name.push((l, d));
         }
     }
+    by_name.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
     let found: Vec<_> = match device {
-        "all" => by_name.into_values().collect(),
-        one => by_name.remove(one).into_iter().collect(),
+        "all" => by_name,
+        one => by_name.into_iter().filter(|(_, d)| d.name == one).collect(),
     };
     if found.is_empty() {
         return Err(unknown(specs, name, dirs));
@@ -220,7 +223,7 @@ fn unknown(specs: &[Loaded], name: &str, dirs: &[&Path]) -> Error {
     let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let mut known: Vec<String> =
         specs.iter().flat_map(|l| l.spec.devices.iter().map(move |d| format!("{}={}", l.spec.kind, d.name))).collect();
-    known.sort();
+    known.sort_unstable();
     known.dedup();
     if known.is_empty() {
         return Error(format!("unknown CDI device `{name}`: no CDI specs with devices in {}", dirs.join(" or ")));
@@ -235,7 +238,7 @@ fn load_all(dirs: &[&Path]) -> Result<Vec<Loaded>> {
         let Ok(entries) = fs::read_dir(dir) else { continue };
         let mut files: Vec<PathBuf> =
             entries.flatten().map(|e| e.path()).filter(|p| spec_format(p).is_some()).collect();
-        files.sort();
+        files.sort_unstable();
         for file in files {
             let spec = load(&file)?;
             specs.push(Loaded { file, spec });

@@ -202,7 +202,7 @@ pub fn nvidia(cache: &Cache, dev: &Path) -> Result<Injected> {
         .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("nvidia")))
         .map(|e| Path::new("/dev").join(e.file_name()))
         .collect();
-    nodes.sort();
+    nodes.sort_unstable();
     out.binds.extend(nodes.into_iter().map(|n| UserBind { src: n.clone(), dst: n, readonly: false }));
     Ok(out)
 }
