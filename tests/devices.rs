@@ -179,15 +179,20 @@ fn overlay_dir_writes_persist(who: As) {
 
 /// Eight ranks of one job share one container, so one overlay: each writes its file
 /// and waits until it sees all eight.
-fn ranks_share_the_overlay(mode: Mode, persistent: bool) {
-    let t = start(if persistent { "ranks-overlay" } else { "ranks-tmpfs" }, mode);
+fn ranks_share_the_overlay(who: As, persistent: bool) {
+    let t = test_for(if persistent { "ranks-overlay" } else { "ranks-tmpfs" }, who);
     let dir = t.dir.user_dir("overlay");
+    if who == As::Kernel {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(0), Some(0)).unwrap();
+    }
     let script = "busybox mkdir -p /ranks && echo > /ranks/$RANK; i=0; \
                   while [ $(busybox ls /ranks | busybox wc -l) -lt 8 ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
                   busybox ls /ranks | busybox wc -l";
     let ranks: Vec<Running> = (0..8)
         .map(|r| {
-            let mut c = t.app(app(), mode, &sh(script));
+            let mut c = cmd_with(&t, who, &[], app());
+            c.args(sh(script));
             c.env("RANK", r.to_string()).env("BUNDLE_SHARE", &t.id).env("BUNDLE_LINGER", "1");
             if persistent {
                 c.env("BUNDLE_OVERLAY", &dir);
@@ -209,17 +214,27 @@ fn ranks_share_the_overlay(mode: Mode, persistent: bool) {
 
 #[test]
 fn ranks_share_the_tmpfs_overlay_fuse() {
-    ranks_share_the_overlay(Mode::Fuse, false)
+    ranks_share_the_overlay(As::User(Mode::Fuse), false)
 }
 
 #[test]
 fn ranks_share_the_tmpfs_overlay_extract() {
-    ranks_share_the_overlay(Mode::Extract, false)
+    ranks_share_the_overlay(As::User(Mode::Extract), false)
+}
+
+#[test]
+fn ranks_share_the_tmpfs_overlay_kernel() {
+    ranks_share_the_overlay(As::Kernel, false)
+}
+
+#[test]
+fn ranks_share_the_persistent_overlay_kernel() {
+    ranks_share_the_overlay(As::Kernel, true)
 }
 
 #[test]
 fn ranks_share_the_persistent_overlay_fuse() {
-    ranks_share_the_overlay(Mode::Fuse, true)
+    ranks_share_the_overlay(As::User(Mode::Fuse), true)
 }
 
 #[test]
