@@ -59,7 +59,7 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
         None => command_line(bundle, opts, called_as.as_deref().and_then(in_bin_dirs))?,
     };
     std::env::set_current_dir(&who.cwd).context(|| format!("cannot enter {} in the container", who.cwd.display()))?;
-    let env = environment(std::env::vars_os(), &bundle.metadata.env, opts.cleanenv);
+    let env = environment(std::env::vars_os(), &bundle.metadata.env, &who.injected, opts.cleanenv);
     if geteuid().is_root() && !opts.keep_caps {
         drop_privileges()?;
     }
@@ -74,13 +74,18 @@ fn run_without_namespaces(
     opts: &Options,
     known: Option<Vec<OsString>>,
 ) -> Result<std::convert::Infallible> {
+    if let Some(option) = host::needs_container(&opts.host) {
+        return Err(Error(format!(
+            "{option} needs a container, and this host can make none (host mode: no namespaces); run without it"
+        )));
+    }
     let tree = cache::cached_tree(bundle, || open_image(bundle))?;
     let argv = match known {
         Some(argv) => argv,
         None => command_line(bundle, opts, multicall_name(opts).map(PathBuf::from))?,
     };
     let argv = host_mode::command(&tree, &argv)?;
-    let mut env = environment(std::env::vars_os(), &bundle.metadata.env, opts.cleanenv);
+    let mut env = environment(std::env::vars_os(), &bundle.metadata.env, &Default::default(), opts.cleanenv);
     // Where the image is, for programs that want to find their data in it.
     env.insert("BUNDLE_ROOT".into(), tree.into_os_string());
     if geteuid().is_root() && !opts.keep_caps {

@@ -5,6 +5,7 @@
 //! N, as the shell reports it) are the launcher's to see, with nothing in between.
 
 use crate::fail::{Error, Result};
+use crate::plan::Injected;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -19,10 +20,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 const PREFIX: &str = "BUNDLEENV_";
 
 /// The application's environment: the caller's (or a minimal one with `cleanenv`),
-/// then the bundle's own variables, then the caller's `BUNDLEENV_` overrides.
+/// then the bundle's own variables, then what devices and host libraries set (their
+/// library directories first in `LD_LIBRARY_PATH`), then the caller's `BUNDLEENV_`
+/// overrides.
 pub fn environment(
     host: impl IntoIterator<Item = (OsString, OsString)>,
     bundle: &BTreeMap<String, String>,
+    injected: &Injected,
     cleanenv: bool,
 ) -> BTreeMap<OsString, OsString> {
     let mut env = BTreeMap::new();
@@ -41,9 +45,20 @@ pub fn environment(
         env.insert("PATH".into(), DEFAULT_PATH.into());
     }
     env.extend(bundle.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    env.extend(injected.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+    if !injected.lib_path.is_empty() {
+        let mut path = std::env::join_paths(&injected.lib_path).unwrap_or_default();
+        if let Some(old) = env.get(std::ffi::OsStr::new(LIBRARY_PATH)).filter(|p| !p.is_empty()) {
+            path.push(":");
+            path.push(old);
+        }
+        env.insert(LIBRARY_PATH.into(), path);
+    }
     env.extend(overrides);
     env
 }
+
+const LIBRARY_PATH: &str = "LD_LIBRARY_PATH";
 
 fn kept_clean(name: &OsString) -> bool {
     let name = name.to_string_lossy();
@@ -121,7 +136,7 @@ mod tests {
     #[test]
     fn host_then_bundle_then_overrides() {
         let bundle = BTreeMap::from([("A".to_string(), "bundle".to_string()), ("OMP_NUM_THREADS".into(), "1".into())]);
-        let env = environment(host(), &bundle, false);
+        let env = environment(host(), &bundle, &Injected::default(), false);
         assert_eq!(env[std::ffi::OsStr::new("A")], "bundle");
         assert_eq!(env[std::ffi::OsStr::new("OMP_NUM_THREADS")], "4");
         assert_eq!(env[std::ffi::OsStr::new("SECRET")], "x");
@@ -129,8 +144,24 @@ mod tests {
     }
 
     #[test]
+    fn injected_variables_and_library_directories_come_before_the_overrides() {
+        let injected = Injected {
+            env: vec![("NVIDIA_VISIBLE_DEVICES".into(), "all".into()), ("A".into(), "device".into())],
+            lib_path: vec!["/.bundle/host-libs".into(), "/opt/x/lib".into()],
+            ..Injected::default()
+        };
+        let bundle = BTreeMap::from([("LD_LIBRARY_PATH".to_string(), "/usr/local/lib".to_string())]);
+        let env = environment(host(), &bundle, &injected, false);
+        assert_eq!(env[std::ffi::OsStr::new("A")], "device");
+        assert_eq!(env[std::ffi::OsStr::new("LD_LIBRARY_PATH")], "/.bundle/host-libs:/opt/x/lib:/usr/local/lib");
+        let mut host = host();
+        host.push(("BUNDLEENV_A".into(), "mine".into()));
+        assert_eq!(environment(host, &bundle, &injected, false)[std::ffi::OsStr::new("A")], "mine");
+    }
+
+    #[test]
     fn cleanenv_keeps_only_the_basics() {
-        let env = environment(host(), &BTreeMap::new(), true);
+        let env = environment(host(), &BTreeMap::new(), &Injected::default(), true);
         assert_eq!(env[std::ffi::OsStr::new("HOME")], "/home/a");
         assert_eq!(env[std::ffi::OsStr::new("PATH")], DEFAULT_PATH);
         assert!(!env.contains_key(&OsString::from("SECRET")));

@@ -44,16 +44,21 @@ pub fn open_device_in(host_root: &Path) -> Result<OwnedFd> {
 }
 
 /// Mounts the image at `at` and starts the server. `mount_points` are paths the image
-/// lacks but the plan binds onto: the server shows them as empty entries.
+/// lacks but the plan binds onto: the server shows them as empty entries. With
+/// `as_callers`, every entry shows as owned by `uid`:`gid` (as an extracted tree is):
+/// an overlay above can then copy entries up, which it cannot for owners the user
+/// namespace does not map.
 pub fn mount_image(
     dev: OwnedFd,
     image: Arc<Image>,
     mount_points: &[(PathBuf, Kind)],
+    as_callers: bool,
     at: &Path,
     uid: Uid,
     gid: Gid,
 ) -> Result<()> {
-    let fs = ImageFs::new(image, mount_points, uid, gid)?;
+    let mut fs = ImageFs::new(image, mount_points, uid, gid)?;
+    fs.as_callers = as_callers;
     let opts = format!("fd={},rootmode=40000,user_id={uid},group_id={gid}", dev.as_raw_fd());
     mount(
         Some("bundle"),
@@ -130,6 +135,8 @@ struct ImageFs {
     root: InodeRef,
     uid: u32,
     gid: u32,
+    /// Show every entry as `uid`'s and `gid`'s.
+    as_callers: bool,
     extra: Vec<Extra>,
     /// Synthetic children of each directory inode.
     extra_children: HashMap<u64, Vec<u64>>,
@@ -155,6 +162,7 @@ impl ImageFs {
             image,
             uid: uid.as_raw(),
             gid: gid.as_raw(),
+            as_callers: false,
             extra: Vec::new(),
             extra_children: HashMap::new(),
             parents: Mutex::new(HashMap::new()),
@@ -216,7 +224,8 @@ impl ImageFs {
             Node::Image(n) => {
                 let kind = file_type(n.kind);
                 let size = if kind == FileType::Directory { 4096 } else { n.size };
-                (kind, n.mode, size, n.nlink.max(1), n.uid, n.gid, n.mtime, n.rdev)
+                let (uid, gid) = if self.as_callers { (self.uid, self.gid) } else { (n.uid, n.gid) };
+                (kind, n.mode, size, n.nlink.max(1), uid, gid, n.mtime, n.rdev)
             }
             Node::Extra(i) => match self.extra[*i].kind {
                 Kind::Dir => (FileType::Directory, 0o755, 4096, 2, self.uid, self.gid, self.image.mkfs_time(), 0),

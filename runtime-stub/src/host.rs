@@ -2,11 +2,13 @@
 //! rendezvous directories (variables, Slurm's `mpi.conf`), the user's binds
 //! (`BUNDLE_BIND`, the flags, the bundle's own), the linger, and the mode.
 
-use crate::fail::{Error, Result};
+use crate::cdi;
+use crate::fail::{Context, Error, Result};
 use crate::fuse;
+use crate::hostlibs::{self, HostCache};
 use crate::namespaces;
-use crate::options::{self, Mode, Options};
-use crate::plan::{Found, Host, UserBind};
+use crate::options::{self, HostOptions, Mode, Options};
+use crate::plan::{Found, Host, Injected, UserBind, Writes};
 use bundle_format::Bundle;
 use nix::unistd::geteuid;
 use std::fs;
@@ -42,7 +44,111 @@ pub fn caller(bundle: &Bundle, opts: &Options) -> Result<Host> {
     // tasks of a step and not for others, and they must still share one container.
     let rendezvous =
         uncovered(rendezvous_dirs(), [Path::new("/tmp"), cwd.as_path()].into_iter().chain(home.as_deref()));
-    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)? })
+    let writes = writes(&opts.host, &cwd)?;
+    let injected = injected(&opts.host, &cwd)?;
+    Ok(Host { cwd, home, rendezvous, binds: user_binds(bundle, opts)?, injected, writes })
+}
+
+/// What devices and host libraries add: CDI devices (`BUNDLE_DEVICE`, then the flags),
+/// the NVIDIA driver (`BUNDLE_NV`), the host's MPI (`BUNDLE_HOST_MPI`), then host
+/// libraries (`BUNDLE_HOST_LIB`, then the flags).
+fn injected(opts: &HostOptions, cwd: &Path) -> Result<Injected> {
+    let mut all = Injected::default();
+    let devices = env_list("BUNDLE_DEVICE", &opts.devices);
+    if !devices.is_empty() {
+        let dirs: Vec<&Path> = cdi::SPEC_DIRS.iter().map(Path::new).collect();
+        all.extend(cdi::inject(&devices, &dirs)?);
+    }
+    let mut cache = HostCache::new(Path::new(hostlibs::LD_SO_CACHE));
+    if opts.nv || env_flag("BUNDLE_NV") {
+        let cache = cache.get().map_err(|e| Error(format!("--bundle-nv: {}", e.0)))?;
+        all.extend(hostlibs::nvidia(cache, Path::new("/dev"))?);
+    }
+    if opts.mpi || env_flag("BUNDLE_HOST_MPI") {
+        let cache = cache.get().map_err(|e| Error(format!("--bundle-host-mpi: {}", e.0)))?;
+        all.extend(hostlibs::host_mpi(cache)?);
+    }
+    for lib in env_list("BUNDLE_HOST_LIB", &opts.libs) {
+        let lib = if lib.contains('/') { cwd.join(lib).display().to_string() } else { lib };
+        all.extend(hostlibs::host_lib(&lib, &mut cache)?);
+    }
+    Ok(all)
+}
+
+/// The first option asked for (by flag or variable) that only a container can give:
+/// binds, an overlay.
+pub fn needs_container(opts: &HostOptions) -> Option<&'static str> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    [
+        (opts.writable_tmpfs || env_flag("BUNDLE_WRITABLE_TMPFS"), "--bundle-writable-tmpfs"),
+        (opts.overlay.is_some() || set("BUNDLE_OVERLAY"), "--bundle-overlay"),
+        (!env_list("BUNDLE_DEVICE", &opts.devices).is_empty(), "--bundle-device"),
+        (opts.nv || env_flag("BUNDLE_NV"), "--bundle-nv"),
+        (!env_list("BUNDLE_HOST_LIB", &opts.libs).is_empty(), "--bundle-host-lib"),
+        (opts.mpi || env_flag("BUNDLE_HOST_MPI"), "--bundle-host-mpi"),
+    ]
+    .into_iter()
+    .find_map(|(asked, option)| asked.then_some(option))
+}
+
+/// Whether a variable is set to a true value (`1`, `yes`, `true`, `on`).
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| ["1", "yes", "true", "on"].contains(&v.to_ascii_lowercase().as_str()))
+}
+
+/// A comma list from the environment, then the flags' values.
+pub fn env_list(name: &str, flags: &[String]) -> Vec<String> {
+    let from_env = std::env::var(name).unwrap_or_default();
+    from_env
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .chain(flags.iter().cloned())
+        .collect()
+}
+
+/// `--bundle-writable-tmpfs` / `BUNDLE_WRITABLE_TMPFS`, or `--bundle-overlay DIR` /
+/// `BUNDLE_OVERLAY`: where writes to the image go. An overlay directory must be the
+/// caller's own; its `upper` and `work` directories are made here, before any
+/// namespace (its path, resolved, is part of the session key: ranks that share a
+/// container share its overlay).
+fn writes(opts: &HostOptions, cwd: &Path) -> Result<Writes> {
+    let dir = opts
+        .overlay
+        .clone()
+        .or_else(|| std::env::var_os("BUNDLE_OVERLAY").filter(|v| !v.is_empty()).map(PathBuf::from));
+    let tmpfs = opts.writable_tmpfs || env_flag("BUNDLE_WRITABLE_TMPFS");
+    match dir {
+        Some(_) if tmpfs => {
+            Err(Error("--bundle-writable-tmpfs and --bundle-overlay exclude each other; choose one".into()))
+        }
+        Some(dir) => overlay_dir(&cwd.join(dir)).map(Writes::Dir),
+        None if tmpfs => Ok(Writes::Memory),
+        None => Ok(Writes::ReadOnly),
+    }
+}
+
+fn overlay_dir(dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let real = fs::canonicalize(dir).context(|| format!("cannot use {} as the overlay directory", dir.display()))?;
+    let m = fs::metadata(&real).context(|| format!("cannot use {} as the overlay directory", dir.display()))?;
+    if !m.is_dir() || m.uid() != geteuid().as_raw() {
+        return Err(Error(format!(
+            "cannot use {} as the overlay directory: it must be a directory you own",
+            dir.display()
+        )));
+    }
+    for sub in ["upper", "work"] {
+        let p = real.join(sub);
+        match fs::create_dir(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(Error(format!("cannot create {}: {e}", p.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(real)
 }
 
 /// The directories the launcher's PMIx server expects its ranks to reach.

@@ -3,6 +3,7 @@
 //! application in its own root filesystem (see `container.rs`).
 
 mod cache;
+mod cdi;
 mod container;
 mod daemon;
 mod exec;
@@ -10,6 +11,7 @@ mod fail;
 mod fuse;
 mod host;
 mod host_mode;
+mod hostlibs;
 mod keeper;
 mod loopdev;
 mod namespaces;
@@ -18,6 +20,7 @@ mod plan;
 mod session;
 mod steps;
 mod sys;
+mod yaml;
 
 use bundle_format::Bundle;
 use fail::{exit_with, Context, Error, Result};

@@ -69,6 +69,26 @@ pub struct Options {
     pub cleanenv: bool,
     /// `--bundle-keep-caps`: as root, keep the capabilities in the container.
     pub keep_caps: bool,
+    /// What the host adds to the container: devices, libraries, a writable layer.
+    pub host: HostOptions,
+}
+
+/// The options that bring something of the host into the container (issue 12): each
+/// also has an environment variable, read in `host.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostOptions {
+    /// `--bundle-writable-tmpfs`: writes to the image land in memory.
+    pub writable_tmpfs: bool,
+    /// `--bundle-overlay DIR`: writes to the image persist in DIR.
+    pub overlay: Option<PathBuf>,
+    /// `--bundle-device NAME`, CDI names, in order.
+    pub devices: Vec<String>,
+    /// `--bundle-nv`: the NVIDIA driver of the host.
+    pub nv: bool,
+    /// `--bundle-host-lib PATH`, in order.
+    pub libs: Vec<String>,
+    /// `--bundle-host-mpi`: the host's MPI library instead of the bundle's.
+    pub mpi: bool,
 }
 
 pub const HELP: &str = "\
@@ -88,6 +108,17 @@ Options of the bundle itself (they must come first):
   --bundle-bind SRC[:DST[:ro]]  also bind host path SRC at DST (repeatable)
   --bundle-cleanenv         start the application with a minimal environment
   --bundle-keep-caps        as root, do not drop capabilities
+  --bundle-writable-tmpfs   the image is writable; writes land in memory and are
+                            gone when the container ends
+  --bundle-overlay DIR      the image is writable; writes persist in DIR (a
+                            directory you own: DIR/upper and DIR/work)
+  --bundle-device NAME      a CDI device (vendor.com/class=name or =all) from the
+                            specs in /etc/cdi and /var/run/cdi (repeatable)
+  --bundle-nv               the host's NVIDIA driver: libraries, tools, /dev/nvidia*
+  --bundle-host-lib PATH    a host library (file, directory or soname from the
+                            host's ld.so.cache) ahead of the image's (repeatable)
+  --bundle-host-mpi         the host's MPI library instead of the bundle's, when
+                            their sonames match (e.g. libmpi.so.12, libmpi.so.40)
   --bundle-exec CMD ARGS... run CMD from the image instead of the entrypoint
   --bundle-shell [ARGS...]  run /bin/sh from the image
   --bundle-share=off|KEY    do not share the container with the job's other
@@ -99,7 +130,9 @@ Options of the bundle itself (they must come first):
 Environment: BUNDLE_MODE=kernel|fuse|extract|host, BUNDLE_BIND=SRC[:DST[:ro]],...,
 BUNDLEENV_NAME=VALUE (sets NAME inside), BUNDLE_SHARE=off|KEY, BUNDLE_LINGER=SECS,
 BUNDLE_CACHE_DIR (extract mode cache, default $XDG_CACHE_HOME/bundle or
-~/.cache/bundle). Errors of the bundle itself exit with status 255.
+~/.cache/bundle), BUNDLE_WRITABLE_TMPFS=1, BUNDLE_OVERLAY=DIR,
+BUNDLE_DEVICE=NAME,..., BUNDLE_NV=1, BUNDLE_HOST_LIB=PATH,..., BUNDLE_HOST_MPI=1.
+Errors of the bundle itself exit with status 255.
 ";
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
@@ -113,6 +146,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
         binds: Vec::new(),
         cleanenv: false,
         keep_caps: false,
+        host: HostOptions::default(),
     };
     while let Some(arg) = it.peek() {
         let Some(s) = arg.to_str().filter(|s| s.starts_with("--bundle-") || *s == "--") else {
@@ -146,6 +180,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Options> {
             "--bundle-bind" => opts.binds.push(value("SRC[:DST[:ro]]")?.to_string_lossy().into_owned()),
             "--bundle-cleanenv" => opts.cleanenv = true,
             "--bundle-keep-caps" => opts.keep_caps = true,
+            "--bundle-writable-tmpfs" => opts.host.writable_tmpfs = true,
+            "--bundle-overlay" => opts.host.overlay = Some(value("a directory")?.into()),
+            "--bundle-device" => opts.host.devices.push(value("a CDI device name")?.to_string_lossy().into_owned()),
+            "--bundle-nv" => opts.host.nv = true,
+            "--bundle-host-lib" => opts.host.libs.push(value("a library")?.to_string_lossy().into_owned()),
+            "--bundle-host-mpi" => opts.host.mpi = true,
             "--bundle-share" => opts.share = Some(value("off or a key")?.to_string_lossy().into_owned()),
             "--bundle-linger" => {
                 let v = value("a number of seconds")?;
@@ -208,6 +248,27 @@ mod tests {
         assert_eq!((o.action, o.mode), (Action::Exec, Some(Mode::Fuse)));
         assert_eq!(o.args, ["ls", "-l", "--bundle-x"]);
         assert_eq!(p(&["--bundle-extract", "d"]).unwrap().action, Action::Extract("d".into()));
+    }
+
+    #[test]
+    fn host_options_repeat_and_keep_their_order() {
+        let o = p(&[
+            "--bundle-device=nvidia.com/gpu=0",
+            "--bundle-device",
+            "vendor.com/net=all",
+            "--bundle-overlay",
+            "/scratch/ov",
+            "--bundle-host-lib=libfabric.so.1",
+            "--bundle-nv",
+            "--bundle-host-mpi",
+            "app",
+        ])
+        .unwrap();
+        assert_eq!(o.host.devices, ["nvidia.com/gpu=0", "vendor.com/net=all"]);
+        assert_eq!(o.host.overlay.as_deref(), Some(std::path::Path::new("/scratch/ov")));
+        assert_eq!(o.host.libs, ["libfabric.so.1"]);
+        assert!(o.host.nv && o.host.mpi && !o.host.writable_tmpfs);
+        assert_eq!(o.args, ["app"]);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! `/etc`, the caller's `$HOME` and working directory, the directories where the
 //! launcher's PMIx server waits for its ranks, and last the user's own binds. The
 //! automatic binds are identity binds (same path inside as outside), so one that lies
-//! under another is already visible and is left out.
+//! under another is already visible and is left out. Between the launcher's directories
+//! and the user's binds come what devices and host libraries add ([`Injected`]); and
+//! the image itself may be made writable ([`Writes`]).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -43,6 +45,104 @@ pub struct Plan {
     /// Destinations the image lacks, parents first: the runtime must make them exist
     /// (the FUSE server shows them as empty entries; other modes use an overlay).
     pub mount_points: Vec<(PathBuf, Kind)>,
+    /// Symbolic links to add to the image, `(link, target)`; their parents exist in the
+    /// image or are among the mount points.
+    pub links: Vec<(PathBuf, PathBuf)>,
+    pub writes: Writes,
+}
+
+/// Where the application's writes to the image go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Writes {
+    /// Nowhere: the image is read-only.
+    #[default]
+    ReadOnly,
+    /// `--bundle-writable-tmpfs`: into memory, gone with the container.
+    Memory,
+    /// `--bundle-overlay DIR`: into `DIR/upper` (with `DIR/work`), a host directory.
+    Dir(PathBuf),
+}
+
+/// What devices (CDI, `--bundle-nv`) and host libraries add to the container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Injected {
+    /// Host paths bound in: device nodes, libraries, tools.
+    pub binds: Vec<UserBind>,
+    /// Symbolic links made in the container, `(link, target)`.
+    pub links: Vec<(PathBuf, PathBuf)>,
+    /// Variables set in the application's environment, after the bundle's own.
+    pub env: Vec<(String, String)>,
+    /// Container directories put first in the application's `LD_LIBRARY_PATH`.
+    pub lib_path: Vec<PathBuf>,
+    /// `--bundle-host-mpi`: the bundle's MPI must have the host's soname.
+    pub mpi: Option<MpiCheck>,
+}
+
+/// The host MPI's soname, which the image's MPI library must share (the ABI check
+/// waits for the image phase: only then can the image be asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiCheck {
+    pub host_soname: String,
+    pub host_path: PathBuf,
+}
+
+/// Where an image keeps the libraries its loader finds without help.
+const IMAGE_LIB_DIRS: [&str; 8] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+/// The sonames MPI libraries have had: MPICH's ABI (MPICH ≥ 3.1, Intel MPI, MVAPICH,
+/// Cray MPICH), Open MPI ≥ 3.0, Open MPI 2, older ones.
+const MPI_SONAMES: [&str; 5] = ["libmpi.so.12", "libmpi.so.40", "libmpi.so.20", "libmpi.so.1", "libmpi.so.0"];
+
+impl MpiCheck {
+    /// The bundle's MPI has the host's soname, or the one line that says why not.
+    fn check(&self, image: &dyn Fn(&Path) -> Option<Found>) -> Result<(), String> {
+        let in_image = |name: &str| {
+            IMAGE_LIB_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| image(p).is_some_and(|f| f != Found::Dir))
+        };
+        if in_image(&self.host_soname).is_some() {
+            return Ok(());
+        }
+        let host = format!("{} ({})", self.host_soname, self.host_path.display());
+        match MPI_SONAMES.iter().find_map(|n| in_image(n)) {
+            Some(ours) => Err(format!(
+                "--bundle-host-mpi: the bundle's MPI library is {} but the host's is {host}: their ABIs differ \
+                 (the sonames must match); run without --bundle-host-mpi to use the bundle's own MPI",
+                ours.display()
+            )),
+            None => Err(format!(
+                "--bundle-host-mpi: the bundle has no MPI library (libmpi.so.*) in its library directories to \
+                 compare with the host's {host}"
+            )),
+        }
+    }
+}
+
+impl Injected {
+    /// `other`'s additions after ours.
+    pub fn extend(&mut self, other: Injected) {
+        // Two devices may bring the same library or node: it is bound once.
+        for b in other.binds {
+            if !self.binds.iter().any(|o| o.dst == b.dst) {
+                self.binds.push(b);
+            }
+        }
+        self.links.extend(other.links);
+        self.env.extend(other.env);
+        self.mpi = self.mpi.take().or(other.mpi);
+        for d in other.lib_path {
+            if !self.lib_path.contains(&d) {
+                self.lib_path.push(d);
+            }
+        }
+    }
 }
 
 /// The caller's situation, as far as the plan depends on it.
@@ -54,6 +154,9 @@ pub struct Host {
     pub rendezvous: Vec<PathBuf>,
     /// `--bundle-bind` and `BUNDLE_BIND`, in order.
     pub binds: Vec<UserBind>,
+    /// Devices and host libraries.
+    pub injected: Injected,
+    pub writes: Writes,
 }
 
 /// A bind the user asked for: `SRC[:DST[:ro]]`.
@@ -110,9 +213,15 @@ impl Wanted {
 }
 
 /// The host phase's answer: every wanted bind whose source the host has, resolved, in
-/// order. Made before any namespace, so that a missing source is an early error.
+/// order, and what else the image is to get. Made before any namespace, so that a
+/// missing source is an early error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sources(Vec<Source>);
+pub struct Sources {
+    binds: Vec<Source>,
+    links: Vec<(PathBuf, PathBuf)>,
+    writes: Writes,
+    mpi: Option<MpiCheck>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Source {
@@ -146,7 +255,7 @@ pub fn resolve(who: &Host, host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>) -> 
     wanted.extend(who.home.iter().map(|h| Wanted::identity(h, true)));
     wanted.push(Wanted::identity(&who.cwd, false));
     wanted.extend(who.rendezvous.iter().map(|d| Wanted::identity(d, true)));
-    wanted.extend(who.binds.iter().map(|b| Wanted {
+    wanted.extend(who.injected.binds.iter().chain(&who.binds).map(|b| Wanted {
         src: b.src.clone(),
         dst: b.dst.clone(),
         optional: false,
@@ -172,15 +281,22 @@ pub fn resolve(who: &Host, host: &dyn Fn(&Path) -> Option<(Found, PathBuf)>) -> 
         };
         sources.push(Source { src, dst, kind, optional: w.optional, readonly: w.readonly, identity });
     }
-    Ok(Sources(sources))
+    let mut links = Vec::new();
+    for (link, target) in &who.injected.links {
+        links.push((normalise(link)?, target.clone()));
+    }
+    Ok(Sources { binds: sources, links, writes: who.writes.clone(), mpi: who.injected.mpi.clone() })
 }
 
 impl Sources {
     /// The image phase: where each source goes, against what the image has. `image`
     /// tells what a path of the image is (not following symlinks).
     pub fn place(&self, image: &dyn Fn(&Path) -> Option<Found>) -> Result<Plan, String> {
-        let mut plan = Plan::default();
-        for s in &self.0 {
+        if let Some(mpi) = &self.mpi {
+            mpi.check(image)?;
+        }
+        let mut plan = Plan { writes: self.writes.clone(), ..Plan::default() };
+        for s in &self.binds {
             if let Some(outer) = plan.binds.iter().find(|b| s.dst.starts_with(&b.dst)) {
                 if s.identity && !s.readonly {
                     continue; // already visible through `outer`
@@ -193,20 +309,34 @@ impl Sources {
                 ));
             }
             match place_in_image(&s.dst, s.kind, image) {
-                Ok(missing) => {
-                    // Two binds under one missing directory need it made once.
-                    for m in missing {
-                        if !plan.mount_points.contains(&m) {
-                            plan.mount_points.push(m);
-                        }
-                    }
-                }
+                Ok(missing) => plan.add_mount_points(missing),
                 Err(_) if s.optional && !SYSTEM_DIRS.contains(&s.dst.to_str().unwrap_or("")) => continue,
                 Err(why) => return Err(why),
             }
             plan.binds.push(Bind { src: s.src.clone(), dst: s.dst.clone(), kind: s.kind, readonly: s.readonly });
         }
+        for (link, target) in &self.links {
+            if image(link).is_some() || plan.links.iter().any(|(l, _)| l == link) {
+                continue; // the image has it already: its own wins
+            }
+            let parent = link.parent().unwrap_or(Path::new("/"));
+            if parent != Path::new("/") {
+                plan.add_mount_points(place_in_image(parent, Kind::Dir, image)?);
+            }
+            plan.links.push((link.clone(), target.clone()));
+        }
         Ok(plan)
+    }
+}
+
+impl Plan {
+    /// Two binds under one missing directory need it made once.
+    fn add_mount_points(&mut self, missing: Vec<(PathBuf, Kind)>) {
+        for m in missing {
+            if !self.mount_points.contains(&m) {
+                self.mount_points.push(m);
+            }
+        }
     }
 }
 
@@ -435,5 +565,41 @@ mod tests {
                 (PathBuf::from("/scratch/other"), Kind::Dir)
             ]
         );
+    }
+
+    #[test]
+    fn device_links_are_placed_unless_the_image_has_them() {
+        let injected = Injected {
+            links: vec![
+                ("/usr/lib/libcuda.so".into(), "libcuda.so.1".into()),
+                ("/etc/hosts".into(), "elsewhere".into()),
+            ],
+            ..Injected::default()
+        };
+        let who = Host { cwd: "/".into(), injected, ..Host::default() };
+        let plan = build(&who, &host, &fs(IMAGE)).unwrap();
+        assert_eq!(plan.links, [(PathBuf::from("/usr/lib/libcuda.so"), PathBuf::from("libcuda.so.1"))]);
+        assert_eq!(plan.mount_points, [(PathBuf::from("/usr"), Kind::Dir), (PathBuf::from("/usr/lib"), Kind::Dir)]);
+    }
+
+    #[test]
+    fn the_host_mpi_must_have_the_bundles_soname() {
+        let check = |host_soname: &str, image: &'static [(&'static str, Found)]| {
+            let mpi = MpiCheck { host_soname: host_soname.into(), host_path: "/opt/mpi/lib/x".into() };
+            let who = Host {
+                cwd: "/".into(),
+                injected: Injected { mpi: Some(mpi), ..Injected::default() },
+                ..Host::default()
+            };
+            build(&who, &host, &fs(image))
+        };
+        const OPEN_MPI: &[(&str, Found)] =
+            &[("/proc", Found::Dir), ("/usr/lib/x86_64-linux-gnu/libmpi.so.40", Found::Symlink)];
+        assert!(check("libmpi.so.40", OPEN_MPI).is_ok());
+        let err = check("libmpi.so.12", OPEN_MPI).unwrap_err();
+        assert!(err.contains("the bundle's MPI library is /usr/lib/x86_64-linux-gnu/libmpi.so.40"), "{err}");
+        assert!(err.contains("the host's is libmpi.so.12 (/opt/mpi/lib/x)"), "{err}");
+        let err = check("libmpi.so.12", &[("/proc", Found::Dir)]).unwrap_err();
+        assert!(err.contains("the bundle has no MPI library"), "{err}");
     }
 }

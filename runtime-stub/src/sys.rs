@@ -43,10 +43,12 @@ pub trait Sys {
     /// An empty file, to mount a file onto.
     fn create_file(&mut self, path: &Path) -> Result<()>;
     fn chdir(&mut self, path: &Path) -> Result<()>;
+    /// A symbolic link at `at` to `target`.
+    fn symlink(&mut self, target: &Path, at: &Path) -> Result<()>;
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> Result<()>;
     /// Mounts the image over FUSE at `at` and starts its server, showing `mount_points`
-    /// as empty entries.
-    fn mount_fuse(&mut self, at: &Path, mount_points: &[(PathBuf, Kind)]) -> Result<()>;
+    /// as empty entries, and every entry as the caller's with `as_callers`.
+    fn mount_fuse(&mut self, at: &Path, mount_points: &[(PathBuf, Kind)], as_callers: bool) -> Result<()>;
 }
 
 /// The real system. For fuse mode it carries what the FUSE server serves.
@@ -152,13 +154,18 @@ impl Sys for Linux {
         Ok(chdir(path)?)
     }
 
+    fn symlink(&mut self, target: &Path, at: &Path) -> Result<()> {
+        std::os::unix::fs::symlink(target, at)
+    }
+
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> Result<()> {
         Ok(pivot_root(new_root, put_old)?)
     }
 
-    fn mount_fuse(&mut self, at: &Path, mount_points: &[(PathBuf, Kind)]) -> Result<()> {
+    fn mount_fuse(&mut self, at: &Path, mount_points: &[(PathBuf, Kind)], as_callers: bool) -> Result<()> {
         let served = self.fuse.take().ok_or_else(|| Error::other("no image to serve over FUSE"))?;
         let dev = fuse::open_device_in(&served.host_root).map_err(|e| Error::other(e.0))?;
-        fuse::mount_image(dev, served.image, mount_points, at, served.uid, served.gid).map_err(|e| Error::other(e.0))
+        fuse::mount_image(dev, served.image, mount_points, as_callers, at, served.uid, served.gid)
+            .map_err(|e| Error::other(e.0))
     }
 }

@@ -70,7 +70,8 @@ impl Test {
         c
     }
 
-    fn user_env(&self, c: &mut Command) {
+    /// The environment and working directory [`Test::cmd`] gives its commands.
+    pub fn user_env(&self, c: &mut Command) {
         let u = user();
         c.env_clear()
             .env("HOME", &u.home)

@@ -2,7 +2,7 @@
 //! can make any call fail: no privileges needed.
 
 use super::*;
-use crate::plan::{Bind, Kind, Plan};
+use crate::plan::{Bind, Kind, Plan, Writes};
 use std::io;
 
 /// One call the steps made.
@@ -76,10 +76,13 @@ impl Sys for Recorder {
     fn chdir(&mut self, path: &Path) -> io::Result<()> {
         self.call("chdir", path, MsFlags::empty(), None)
     }
+    fn symlink(&mut self, _: &Path, at: &Path) -> io::Result<()> {
+        self.call("symlink", at, MsFlags::empty(), None)
+    }
     fn pivot_root(&mut self, new_root: &Path, _: &Path) -> io::Result<()> {
         self.call("pivot_root", new_root, MsFlags::empty(), None)
     }
-    fn mount_fuse(&mut self, at: &Path, _: &[(PathBuf, Kind)]) -> io::Result<()> {
+    fn mount_fuse(&mut self, at: &Path, _: &[(PathBuf, Kind)], _: bool) -> io::Result<()> {
         self.call("fuse", at, MsFlags::empty(), None)
     }
 }
@@ -93,6 +96,7 @@ fn plain() -> Plan {
     Plan {
         binds: vec![bind("/proc", "/proc", Kind::Dir, false), bind("/etc/passwd", "/etc/passwd", Kind::File, false)],
         mount_points: vec![],
+        ..Plan::default()
     }
 }
 
@@ -112,6 +116,7 @@ fn with_mount_points() -> Plan {
             ("/opt/in".into(), Kind::Dir),
             ("/opt/motd".into(), Kind::File),
         ],
+        ..Plan::default()
     }
 }
 
@@ -181,13 +186,13 @@ fn extract_mode_with_mount_points_puts_an_overlay_on_the_tree() {
         "{SCRATCH_STEPS}\
 pivot_root /tmp /tmp/oldroot
 cd /
-mkdir /upper
-mkdir /work
-mount -t overlay -o nosuid,nodev,lowerdir=/oldroot/home/alice/.cache/bundle/images/ab12,upperdir=/upper,workdir=/work overlay /newroot
-mkdir /newroot/home/alice
-mkdir /newroot/opt
-mkdir /newroot/opt/in
-touch /newroot/opt/motd
+mkdir /layer
+mkdir /layer/home
+mkdir /layer/home/alice
+mkdir /layer/opt
+mkdir /layer/opt/in
+touch /layer/opt/motd
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/oldroot/home/alice/.cache/bundle/images/ab12 overlay /newroot
 mount -o remount,bind,ro --recursive /newroot
 mount --rbind /oldroot/proc /newroot/proc
 mount --rbind /oldroot/home/alice /newroot/home/alice
@@ -223,7 +228,7 @@ mount --rbind /oldroot/etc/passwd /newroot/etc/passwd
     );
     assert_eq!(listing(&plain(), &kernel()), expected);
     let overlaid = listing(&with_mount_points(), &kernel());
-    assert!(overlaid.contains("lowerdir=/lower,upperdir=/upper,workdir=/work overlay /newroot\n"), "{overlaid}");
+    assert!(overlaid.contains("lowerdir=/layer:/lower overlay /newroot\n"), "{overlaid}");
 }
 
 #[test]
@@ -247,6 +252,81 @@ fn the_calls_carry_the_flags_of_their_steps() {
     let first_bind = c.iter().position(|c| c.flags.contains(MsFlags::MS_BIND)).unwrap();
     assert!(root_ro < first_bind);
     assert_eq!(c.last().unwrap().what, "chdir");
+}
+
+fn with_writes(plan: Plan, writes: Writes) -> Plan {
+    Plan { writes, ..plan }
+}
+
+#[test]
+fn writable_tmpfs_in_fuse_mode_serves_the_image_below_an_overlay() {
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+pivot_root /tmp /tmp/oldroot
+cd /
+mkdir /lower
+mount -t fuse.bundle -o ro,nosuid,nodev bundle /lower (the image served as the caller's, with empty /home/alice, /opt, /opt/in, /opt/motd)
+mkdir /upper
+mkdir /work
+mount -t overlay -o nosuid,nodev,lowerdir=/lower,upperdir=/upper,workdir=/work,userxattr overlay /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/home/alice /newroot/home/alice
+mount --rbind /oldroot/data /newroot/opt/in
+mount -o remount,bind,ro --recursive /newroot/opt/in
+mount --rbind /oldroot/etc/motd /newroot/opt/motd
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&with_writes(with_mount_points(), Writes::Memory), &Root::Fuse), expected);
+}
+
+#[test]
+fn a_persistent_overlay_keeps_the_runtimes_mount_points_out_of_the_users_directory() {
+    let plan = with_writes(with_mount_points(), Writes::Dir("/scratch/alice/ov".into()));
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+pivot_root /tmp /tmp/oldroot
+cd /
+mkdir /layer
+mkdir /layer/home
+mkdir /layer/home/alice
+mkdir /layer/opt
+mkdir /layer/opt/in
+touch /layer/opt/motd
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/oldroot/home/alice/.cache/bundle/images/ab12,upperdir=/oldroot/scratch/alice/ov/upper,workdir=/oldroot/scratch/alice/ov/work,userxattr overlay /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/home/alice /newroot/home/alice
+mount --rbind /oldroot/data /newroot/opt/in
+mount -o remount,bind,ro --recursive /newroot/opt/in
+mount --rbind /oldroot/etc/motd /newroot/opt/motd
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&plan, &tree()), expected);
+    // Kernel mode: the same layers over the loop device's mount, nothing read-only.
+    let kernel = listing(&with_writes(plain(), Writes::Dir("/scratch/alice/ov".into())), &kernel());
+    assert!(kernel.contains("\nmount -t overlay -o nosuid,nodev,lowerdir=/lower,upperdir=/oldroot/scratch/alice/ov/upper,workdir=/oldroot/scratch/alice/ov/work,userxattr overlay /newroot\nmount --rbind /oldroot/proc"), "{kernel}");
+    assert!(!kernel.contains("ro --recursive /newroot\n"), "{kernel}");
+}
+
+#[test]
+fn links_go_into_the_layer_and_make_even_fuse_mode_overlay_the_image() {
+    let plan = Plan { links: vec![("/usr/lib/libcuda.so".into(), "libcuda.so.1".into())], ..plain() };
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+pivot_root /tmp /tmp/oldroot
+cd /
+mkdir /lower
+mount -t fuse.bundle -o ro,nosuid,nodev bundle /lower (the image served)
+mkdir /layer
+mkdir /layer/usr
+mkdir /layer/usr/lib
+ln -s libcuda.so.1 /layer/usr/lib/libcuda.so
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/lower overlay /newroot
+mount -o remount,bind,ro --recursive /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/etc/passwd /newroot/etc/passwd
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&plan, &Root::Fuse), expected);
 }
 
 /// For each call of a mode's list: make it fail, and check that the error names the
@@ -275,6 +355,8 @@ fn a_failing_step_names_itself_and_nothing_after_it_runs() {
     for root in [Root::Fuse, tree(), kernel()] {
         every_failure_stops_the_list(&plain(), &root);
         every_failure_stops_the_list(&with_mount_points(), &root);
+        every_failure_stops_the_list(&with_writes(with_mount_points(), Writes::Memory), &root);
+        every_failure_stops_the_list(&with_writes(plain(), Writes::Dir("/ov".into())), &root);
     }
 }
 
@@ -317,6 +399,7 @@ fn a_callers_situation_becomes_a_kernel_start_up() {
         home: Some("/home/alice".into()),
         rendezvous: vec![],
         binds: vec![UserBind::parse("/data:/in:ro").unwrap()],
+        ..Host::default()
     };
     let sources = plan::resolve(&who, &host).unwrap();
     let plan = sources.place(&image).unwrap();
@@ -326,11 +409,11 @@ mkdir /tmp/lower
 pivot_root /tmp /tmp/oldroot
 cd /
 mount -t squashfs -o ro,nosuid,nodev /oldroot/dev/loop3 /lower
-mkdir /upper
-mkdir /work
-mount -t overlay -o nosuid,nodev,lowerdir=/lower,upperdir=/upper,workdir=/work overlay /newroot
-mkdir /newroot/home/alice
-mkdir /newroot/in
+mkdir /layer
+mkdir /layer/home
+mkdir /layer/home/alice
+mkdir /layer/in
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/lower overlay /newroot
 mount -o remount,bind,ro --recursive /newroot
 mount --rbind /oldroot/proc /newroot/proc
 mount --rbind /oldroot/home/alice /newroot/home/alice
@@ -342,4 +425,52 @@ mount -o remount,bind,ro --recursive /newroot/in
     // A missing source is the host phase's error, before anything is mounted.
     let who = Host { binds: vec![UserBind::parse("/nope:/in").unwrap()], ..who };
     assert!(plan::resolve(&who, &host).unwrap_err().contains("/nope: it does not exist on the host"));
+}
+
+/// From devices and a writable overlay to the steps, through the real planner: a
+/// device node under `/dev` is already there (the host's `/dev` is bound), a library
+/// lands in `/.bundle/host-libs`, a CDI link goes into the layer, writes into memory.
+#[test]
+fn devices_and_an_overlay_become_a_fuse_start_up() {
+    use crate::plan::{self, Found, Host, Injected, UserBind};
+    let host_paths = ["/proc", "/dev", "/dev/nvidia0", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"];
+    let host = |p: &Path| {
+        let kind = if ["/proc", "/dev"].contains(&p.to_str()?) { Found::Dir } else { Found::File };
+        host_paths.contains(&p.to_str()?).then(|| (kind, p.to_path_buf()))
+    };
+    let image = |p: &Path| ["/", "/proc", "/dev", "/usr", "/usr/lib"].contains(&p.to_str()?).then_some(Found::Dir);
+    let injected = Injected {
+        binds: vec![
+            UserBind { src: "/dev/nvidia0".into(), dst: "/dev/nvidia0".into(), readonly: false },
+            UserBind {
+                src: "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+                dst: "/.bundle/host-libs/libcuda.so.1".into(),
+                readonly: true,
+            },
+        ],
+        links: vec![("/usr/lib/libcuda.so".into(), "libcuda.so.1".into())],
+        ..Injected::default()
+    };
+    let who = Host { cwd: "/".into(), injected, writes: Writes::Memory, ..Host::default() };
+    let plan = plan::resolve(&who, &host).unwrap().place(&image).unwrap();
+    let expected = format!(
+        "{SCRATCH_STEPS}\
+pivot_root /tmp /tmp/oldroot
+cd /
+mkdir /lower
+mount -t fuse.bundle -o ro,nosuid,nodev bundle /lower (the image served as the caller's, with empty /.bundle, /.bundle/host-libs, /.bundle/host-libs/libcuda.so.1)
+mkdir /layer
+mkdir /layer/usr
+mkdir /layer/usr/lib
+ln -s libcuda.so.1 /layer/usr/lib/libcuda.so
+mkdir /upper
+mkdir /work
+mount -t overlay -o nosuid,nodev,lowerdir=/layer:/lower,upperdir=/upper,workdir=/work,userxattr overlay /newroot
+mount --rbind /oldroot/proc /newroot/proc
+mount --rbind /oldroot/dev /newroot/dev
+mount --rbind /oldroot/usr/lib/x86_64-linux-gnu/libcuda.so.1 /newroot/.bundle/host-libs/libcuda.so.1
+mount -o remount,bind,ro --recursive /newroot/.bundle/host-libs/libcuda.so.1
+{PIVOT_STEPS}"
+    );
+    assert_eq!(listing(&plan, &Root::Fuse), expected);
 }
