@@ -812,8 +812,11 @@ class Bench:
             sif = self.build_bundle(d / f"s{n}.sif", "--dir", tree, "-e", "/bin/true", "--no-closure", "--level", "3")
             t2 = time.perf_counter()
             sqfs = d / f"s{n}.sqfs"
+            # -no-duplicates: every file differs, but they have only a few sizes, and
+            # mksquashfs compares files of one size with each other (99 s at 200,000 files,
+            # against 18 s without the search); the image is the same.
             self.sh(["mksquashfs", tree, sqfs, "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-all-root",
-                     "-quiet", "-no-progress"], timeout=1800)
+                     "-no-duplicates", "-quiet", "-no-progress"], timeout=1800)
             t3 = time.perf_counter()
             cache = udir / f"cache-{n}"
             # Extract mode's cache, filled once, untimed: the row measures starting from it.
