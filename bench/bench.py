@@ -842,8 +842,10 @@ class Bench:
                   (f"kernel cold (root) {s}", True, {"BUNDLE_MODE": "kernel", **cold}, [sif], None),
                   (f"ch-run sqfs {s}", False, {}, ["/usr/bin/ch-run", info[n]["sqfs"], "--", "/bin/true"], None)]
         rounds, warmup = (3, 1) if self.quick else (self.a.scale_rounds, 2)
-        log(f"scale, start-up: {len(V)} variants x {rounds} rounds (+{warmup} warm-up), alternating")
+        loads = {"start": loadavg()}
+        log(f"scale, start-up: {len(V)} variants x {rounds} rounds (+{warmup} warm-up), alternating; load {loads['start']}")
         res = self.runner(self.mkdir(d / "start"), V, rounds, warmup)
+        loads["memory"] = loadavg()
         # Peak memory of the keeper and the FUSE server (fuse mode, a fresh container): the
         # entrypoint sleeps 300 ms, so that /proc, sampled every 2 ms, sees both after they
         # have read the image; VmHWM is their peak since they were forked.
@@ -876,7 +878,9 @@ class Bench:
                                lambda op: [reader, op, am.sqfuse_mnt / "data"])}
         names = list(S)
         read_rounds = 1 if self.quick else self.a.scale_read_rounds
-        log(f"scale, cold read of the {self.size_name(big)} tree: {len(names)} sources x 2 ops x {read_rounds} rounds")
+        loads["read"] = loadavg()
+        log(f"scale, cold read of the {self.size_name(big)} tree: {len(names)} sources x 2 ops x {read_rounds} rounds; "
+            f"load {loads['read']}")
         reads = {nm: {"walk": [], "read": []} for nm in names}
         for op in ("walk", "read"):
             for r in range(read_rounds):
@@ -913,7 +917,7 @@ class Bench:
             "sizes": sizes, "rounds": rounds, "warmup": warmup, "read_rounds": read_rounds,
             "info": {str(n): {k: (str(v) if isinstance(v, Path) else v) for k, v in i.items()} for n, i in info.items()},
             "start": res, "memory": {str(n): m for n, m in mem.items()}, "read": rd, "read_size": big,
-            "load_after": loadavg()}
+            "loads_before": loads, "load_after": loadavg()}
         # Tables
         rows = []
         for n in sizes:
@@ -925,7 +929,7 @@ class Bench:
                              ratio(m, res[f"{kind} {self.size_name(sizes[0])}"].get("median")),
                              ratio(m, res[f"ch-run sqfs {s}"].get("median")), str(r["failures"])])
         table(f"start-up against image size: a static `true` in trees of {', '.join(map(str, sizes))} small files "
-              f"(ms, {rounds} alternating rounds, fresh container every run)",
+              f"(ms, {rounds} alternating rounds, fresh container every run; 1-min load {loads['start']:.2f} before)",
               ["variant", "median", "p10", "p90", f"x at {self.size_name(sizes[0])}", "x ch-run", "failed"], rows)
         print("  images: " + "; ".join(
             f"{self.size_name(n)}: {info[n]['entries']} entries, bundle image {info[n]['image_bytes'] / 1e6:.2f} MB "
@@ -941,7 +945,8 @@ class Bench:
         first = (reads[names[0]]["read"] or [{}])[0]
         table(f"cold walk and read of the {self.size_name(big)} tree ({first.get('files', 0):.0f} files, "
               f"{first.get('bytes', 0) / 1e6:.1f} MB; drop_caches and a fresh mount or container every run, "
-              f"wall time from the mount or start; {read_rounds} rounds)",
+              f"wall time from the mount or start; {read_rounds} rounds; 1-min load {loads['read']:.2f} before, "
+              f"{self.results['rows']['scale']['load_after']:.2f} after)",
               ["source", "walk s", "read s", "read files/s", "read x kernel", "read x squashfuse_ll"],
               [[nm, med(rd[nm]["walk"]["wall_s"]), med(rd[nm]["read"]["wall_s"]), med(rd[nm]["read"]["files_per_s"]),
                 ratio(med(rd[nm]["read"]["files_per_s"]), med(k["read"]["files_per_s"])),
