@@ -12,6 +12,9 @@ run after a warm-up, and reports medians with p10/p90 and ratios:
          directory, kernel squashfs on a loop device, squashfuse_ll, our modes
   mpi    ping-pong latency and bandwidth and allreduce with 2 ranks, bare and bundled;
          the wall time of starting 64 ranks, with the memory of our keeper and FUSE server
+  scale  start-up (fuse, extract with a filled cache, kernel, ch-run) and the keeper's and
+         FUSE server's peak memory with images of 2,000 / 20,000 / 200,000 small files,
+         and a cold walk and read of the largest against kernel squashfs and squashfuse_ll
 
 Results: tables on standard output, bench/results/results[-quick].json (every sample)
 and bench/results/plot[-quick].png.
@@ -155,6 +158,58 @@ class Sampler:
                 "server_hwm_kb": max((p["hwm_kb"] for p in servers.values()), default=None),
                 "keeper_hwm_kb": max((p["hwm_kb"] for p in keepers.values()), default=None),
                 "stub_processes_seen": len(self.procs)}
+
+
+class AnchorMounts:
+    """The anchors' mounts of a bundle's image, at its offset: kernel squashfs on a
+    read-only loop device, and squashfuse_ll. Both are undone at exit, whatever happens."""
+
+    def __init__(self, bench, sif, off, isize, d):
+        self.b, self.sif, self.off, self.isize = bench, sif, off, isize
+        self.loop_mnt, self.sqfuse_mnt = bench.mkdir(d / "loop"), bench.mkdir(d / "squashfuse")
+        self.loop = None
+        self.sqfuse = None
+        bench.at_exit("loop mount", self.loop_umount)
+        bench.at_exit("squashfuse_ll mount", self.sqfuse_umount)
+
+    def loop_mount(self):
+        b = self.b
+        self.loop = b.sh(["losetup", "-r", "-o", str(self.off), "--sizelimit", str(self.isize), "--show", "-f",
+                          self.sif]).stdout.strip()
+        b.sh(["mount", "-t", "squashfs", "-o", "ro", self.loop, self.loop_mnt])
+
+    def loop_umount(self):
+        b = self.b
+        if os.path.ismount(self.loop_mnt):
+            if b.sh(["umount", self.loop_mnt], check=False).returncode != 0:
+                b.sh(["umount", "-l", self.loop_mnt], check=False)
+        if self.loop:
+            b.sh(["losetup", "-d", self.loop], check=False)
+            self.loop = None
+
+    def sqfuse_mount(self):
+        p = subprocess.Popen(["squashfuse_ll", "-f", "-o", f"offset={self.off},allow_other", str(self.sif),
+                              str(self.sqfuse_mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.sqfuse = p
+        end = time.time() + 10
+        while not os.path.ismount(self.sqfuse_mnt):
+            if p.poll() is not None or time.time() > end:
+                raise Failed(f"squashfuse_ll did not mount: {p.stderr.read() if p.stderr else ''}")
+            time.sleep(0.002)
+
+    def sqfuse_umount(self):
+        b = self.b
+        if os.path.ismount(self.sqfuse_mnt):
+            if b.sh(["umount", self.sqfuse_mnt], check=False).returncode != 0:
+                b.sh(["umount", "-l", self.sqfuse_mnt], check=False)  # busy (interrupted): detach
+        p = self.sqfuse
+        if p:
+            try:
+                p.wait(3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            self.sqfuse = None
 
 
 class Bench:
@@ -578,49 +633,11 @@ class Bench:
               ["variant", "median", "p10", "p90", "failed"],
               [[n, large[n].get("median"), large[n].get("p10"), large[n].get("p90"), str(large[n]["failures"])]
                for n, *_ in LV])
-        loop_mnt, sqfuse_mnt = self.mkdir(d / "loop"), self.mkdir(d / "squashfuse")
+        am = AnchorMounts(self, sif, off, isize, d)
+        loop_mnt, sqfuse_mnt = am.loop_mnt, am.sqfuse_mnt
+        loop_mount, loop_umount, sqfuse_mount, sqfuse_umount = am.loop_mount, am.loop_umount, am.sqfuse_mount, \
+            am.sqfuse_umount
         cache = udir / "cache"
-        state = {"loop": None, "sqfuse": None}
-
-        def loop_mount():
-            dev = self.sh(["losetup", "-r", "-o", str(off), "--sizelimit", str(isize), "--show", "-f", sif]
-                          ).stdout.strip()
-            state["loop"] = dev
-            self.sh(["mount", "-t", "squashfs", "-o", "ro", dev, loop_mnt])
-
-        def loop_umount():
-            if os.path.ismount(loop_mnt):
-                if self.sh(["umount", loop_mnt], check=False).returncode != 0:
-                    self.sh(["umount", "-l", loop_mnt], check=False)
-            if state["loop"]:
-                self.sh(["losetup", "-d", state["loop"]], check=False)
-                state["loop"] = None
-
-        def sqfuse_mount():
-            p = subprocess.Popen(["squashfuse_ll", "-f", "-o", f"offset={off},allow_other", str(sif),
-                                  str(sqfuse_mnt)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            state["sqfuse"] = p
-            end = time.time() + 10
-            while not os.path.ismount(sqfuse_mnt):
-                if p.poll() is not None or time.time() > end:
-                    raise Failed(f"squashfuse_ll did not mount: {p.stderr.read() if p.stderr else ''}")
-                time.sleep(0.002)
-
-        def sqfuse_umount():
-            if os.path.ismount(sqfuse_mnt):
-                if self.sh(["umount", sqfuse_mnt], check=False).returncode != 0:
-                    self.sh(["umount", "-l", sqfuse_mnt], check=False)  # busy (interrupted): detach
-            p = state["sqfuse"]
-            if p:
-                try:
-                    p.wait(3)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                state["sqfuse"] = None
-
-        self.at_exit("loop mount", loop_umount)
-        self.at_exit("squashfuse_ll mount", sqfuse_umount)
         cold = {"BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}
         warm = {"BUNDLE_SHARE": f"bench-read-{os.getpid()}", "BUNDLE_LINGER": "600"}
         # name: (mount, umount, argv-maker(op), as root?, env for cold, env for warm)
@@ -751,6 +768,200 @@ class Bench:
             role = "FUSE server" if p["ppid"] in procs else "keeper"
             out.append({"pid": pid, "role": role, **p})
         return out
+
+    # -- scale
+
+    @staticmethod
+    def size_name(n):
+        return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+    def scale_tree(self, n):
+        """A tree of `n` small files (directories of at most 1,000), the static `true` and
+        `reader`, and what ch-run needs in its image (/dev, /proc, /sys, /tmp, /home,
+        /etc/{passwd,group,hosts,resolv.conf})."""
+        t = self.scale_trees / f"tree-{n}"
+        for x in ("bin", "dev", "proc", "sys", "tmp", "home", "etc", "data"):
+            self.mkdir(t / x)
+        os.chmod(t / "tmp", 0o1777)
+        shutil.copy2(self.bin / "true", t / "bin/true")
+        shutil.copy2(self.bin / "reader", t / "bin/reader")
+        for f, text in (("passwd", f"root:x:0:0::/root:/bin/sh\n{USER}:x:{self.uid}:{self.gid}::/home:/bin/sh\n"),
+                        ("group", f"root:x:0:\n{USER}:x:{self.gid}:\n"), ("hosts", "127.0.0.1 localhost\n"),
+                        ("resolv.conf", "")):
+            (t / "etc" / f).write_text(text)
+        per = min(1000, n)
+        for k in range(n // per):
+            dd = t / "data" / f"d{k:04d}"
+            dd.mkdir()
+            for i in range(per):
+                with open(dd / f"f{i:05d}", "w") as fh:
+                    fh.write(f"{k} {i}\n")
+        return t
+
+    def row_scale(self):
+        """Start-up and memory against the number of entries in the image (issue 9), and a
+        cold walk and read of the largest tree against kernel squashfs and squashfuse_ll."""
+        sizes = [int(x) for x in (self.a.scale_sizes or ("200,2000" if self.quick else "2000,20000,200000")).split(",")]
+        d = self.mkdir(self.work / "scale")
+        udir = self.mkdir(d / "user", user=True)
+        # The trees live on a tmpfs: deleting 200,000 files from disk took up to 13 minutes
+        # here on a busy machine, an unmount takes none. (The images and extract caches
+        # stay on disk: the cold rows read them after drop_caches.)
+        self.scale_trees = self.mkdir(d / "trees")
+        self.sh(["mount", "-t", "tmpfs", "-o", "mode=0755,size=4g", "tmpfs", self.scale_trees])
+
+        def umount_trees():
+            if os.path.ismount(self.scale_trees):
+                if self.sh(["umount", self.scale_trees], check=False).returncode != 0:
+                    self.sh(["umount", "-l", self.scale_trees], check=False)
+        self.at_exit("scale trees tmpfs", umount_trees)
+        info = {}
+        for n in sizes:
+            t0 = time.perf_counter()
+            tree = self.scale_tree(n)
+            t1 = time.perf_counter()
+            sif = self.build_bundle(d / f"s{n}.sif", "--dir", tree, "-e", "/bin/true", "--no-closure", "--level", "3")
+            t2 = time.perf_counter()
+            sqfs = d / f"s{n}.sqfs"
+            # -no-duplicates: every file differs, but they have only a few sizes, and
+            # mksquashfs compares files of one size with each other (99 s at 200,000 files,
+            # against 18 s without the search); the image is the same.
+            self.sh(["mksquashfs", tree, sqfs, "-comp", "zstd", "-Xcompression-level", "3", "-noappend", "-all-root",
+                     "-no-duplicates", "-quiet", "-no-progress"], timeout=1800)
+            t3 = time.perf_counter()
+            cache = udir / f"cache-{n}"
+            # Extract mode's cache, filled once, untimed: the row measures starting from it.
+            self.sh([sif], user=True, env=self.user_env({"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": str(cache),
+                                                          "BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}),
+                    cwd="/tmp", timeout=1800)
+            t4 = time.perf_counter()
+            info[n] = {"tree": tree, "sif": sif, "sqfs": sqfs, "cache": cache,
+                       "entries": sum(1 for _ in os.walk(tree)) + sum(len(f) for _, _, f in os.walk(tree)),
+                       "make_tree_s": t1 - t0, "bundle_build_s": t2 - t1, "mksquashfs_s": t3 - t2,
+                       "fill_cache_s": t4 - t3, "image_bytes": self.trailer(sif)[1], "sqfs_bytes": sqfs.stat().st_size}
+            log(f"scale: {n} files ({info[n]['entries']} entries): tree {t1 - t0:.1f} s, bundle build {t2 - t1:.1f} s, "
+                f"mksquashfs {t3 - t2:.1f} s, extract cache {t4 - t3:.1f} s")
+        self.kill_keepers()
+        cold = {"BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}
+        kinds = ["fuse cold", "extract cached", "kernel cold (root)", "ch-run sqfs"]
+        V = []
+        for n in sizes:
+            s, sif = self.size_name(n), info[n]["sif"]
+            V += [(f"fuse cold {s}", False, {"BUNDLE_MODE": "fuse", **cold}, [sif], None),
+                  (f"extract cached {s}", False, {"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": info[n]["cache"],
+                                                  **cold}, [sif], None),
+                  (f"kernel cold (root) {s}", True, {"BUNDLE_MODE": "kernel", **cold}, [sif], None),
+                  (f"ch-run sqfs {s}", False, {}, ["/usr/bin/ch-run", info[n]["sqfs"], "--", "/bin/true"], None)]
+        rounds, warmup = (3, 1) if self.quick else (self.a.scale_rounds, 2)
+        loads = {"start": loadavg()}
+        log(f"scale, start-up: {len(V)} variants x {rounds} rounds (+{warmup} warm-up), alternating; load {loads['start']}")
+        res = self.runner(self.mkdir(d / "start"), V, rounds, warmup)
+        loads["memory"] = loadavg()
+        # Peak memory of the keeper and the FUSE server (fuse mode, a fresh container): the
+        # entrypoint sleeps 300 ms, so that /proc, sampled every 2 ms, sees both after they
+        # have read the image; VmHWM is their peak since they were forked.
+        mem = {}
+        for n in sizes:
+            runs = []
+            for _ in range(1 if self.quick else 2):
+                sampler = Sampler(str(info[n]["sif"]))
+                sampler.start()
+                try:
+                    self.sh([info[n]["sif"], "300"], user=True, env=self.user_env({"BUNDLE_MODE": "fuse", **cold}),
+                            cwd="/tmp", timeout=600)
+                finally:
+                    sampler.stop()
+                runs.append(sampler.summary())
+                self.wait_keepers_gone(5)
+            kb = lambda k: max((r[k] for r in runs if r[k] is not None), default=None)
+            mem[n] = {"runs": runs, "keeper_hwm_kb": kb("keeper_hwm_kb"), "server_hwm_kb": kb("server_hwm_kb")}
+        # Cold walk and read of the largest tree: our FUSE mount against kernel squashfs
+        # (loop device) and squashfuse_ll, both over the bundle's very image.
+        big = sizes[-1]
+        sif = info[big]["sif"]
+        off, isize = self.trailer(sif)
+        am = AnchorMounts(self, sif, off, isize, d)
+        reader = self.bin / "reader"
+        S = {"bundle fuse": (None, None, False, lambda op: [sif, "--bundle-exec", "/bin/reader", op, "/data"]),
+             "kernel squashfs (loop)": (am.loop_mount, am.loop_umount, False,
+                                        lambda op: [reader, op, am.loop_mnt / "data"]),
+             "squashfuse_ll": (am.sqfuse_mount, am.sqfuse_umount, False,
+                               lambda op: [reader, op, am.sqfuse_mnt / "data"])}
+        names = list(S)
+        read_rounds = 1 if self.quick else self.a.scale_read_rounds
+        loads["read"] = loadavg()
+        log(f"scale, cold read of the {self.size_name(big)} tree: {len(names)} sources x 2 ops x {read_rounds} rounds; "
+            f"load {loads['read']}")
+        reads = {nm: {"walk": [], "read": []} for nm in names}
+        for op in ("walk", "read"):
+            for r in range(read_rounds):
+                for k in range(len(names)):
+                    nm = names[(k + r) % len(names)]
+                    mount, umount, as_root, argv = S[nm]
+                    self.drop_caches()
+                    t0 = time.perf_counter()
+                    if mount:
+                        mount()
+                    env = {"BUNDLE_MODE": "fuse", **cold} if nm == "bundle fuse" else {}
+                    p = self.sh(argv(op), user=not as_root, env=self.user_env(env), timeout=1800, cwd="/tmp")
+                    wall = time.perf_counter() - t0
+                    if umount:
+                        umount()
+                    kv = dict(x.split("=", 1) for x in p.stdout.strip().splitlines()[-1].split())
+                    reads[nm][op].append({"wall": wall, **{k: float(v) for k, v in kv.items()}})
+                self.wait_keepers_gone(5)
+        self.kill_keepers()
+        for nm in names:
+            for op in ("walk", "read"):
+                runs = reads[nm][op]
+                if runs and any(x["files"] != runs[0]["files"] or x.get("errors", 0) for x in runs):
+                    log(f"warning: scale {nm} {op}: files or errors differ between runs: {runs}")
+        rd = {nm: {op: {"runs": reads[nm][op], "wall_s": stats([x["wall"] for x in reads[nm][op]]),
+                        "files_per_s": stats([x["files"] / x["wall"] for x in reads[nm][op]])}
+                   for op in ("walk", "read")} for nm in names}
+        for nm in names[1:]:
+            for op in ("walk", "read"):
+                a, b = reads[names[0]][op], reads[nm][op]
+                if a and b and a[0]["files"] != b[0]["files"]:
+                    log(f"warning: scale {op}: {names[0]} saw {a[0]['files']:.0f} files, {nm} {b[0]['files']:.0f}")
+        self.results["rows"]["scale"] = {
+            "sizes": sizes, "rounds": rounds, "warmup": warmup, "read_rounds": read_rounds,
+            "info": {str(n): {k: (str(v) if isinstance(v, Path) else v) for k, v in i.items()} for n, i in info.items()},
+            "start": res, "memory": {str(n): m for n, m in mem.items()}, "read": rd, "read_size": big,
+            "loads_before": loads, "load_after": loadavg()}
+        # Tables
+        rows = []
+        for n in sizes:
+            s = self.size_name(n)
+            for kind in kinds:
+                r = res[f"{kind} {s}"]
+                m = r.get("median")
+                rows.append([f"{kind} {s}", m, r.get("p10"), r.get("p90"),
+                             ratio(m, res[f"{kind} {self.size_name(sizes[0])}"].get("median")),
+                             ratio(m, res[f"ch-run sqfs {s}"].get("median")), str(r["failures"])])
+        table(f"start-up against image size: a static `true` in trees of {', '.join(map(str, sizes))} small files "
+              f"(ms, {rounds} alternating rounds, fresh container every run; 1-min load {loads['start']:.2f} before)",
+              ["variant", "median", "p10", "p90", f"x at {self.size_name(sizes[0])}", "x ch-run", "failed"], rows)
+        print("  images: " + "; ".join(
+            f"{self.size_name(n)}: {info[n]['entries']} entries, bundle image {info[n]['image_bytes'] / 1e6:.2f} MB "
+            f"(build {info[n]['bundle_build_s']:.1f} s), mksquashfs {info[n]['sqfs_bytes'] / 1e6:.2f} MB "
+            f"({info[n]['mksquashfs_s']:.1f} s)" for n in sizes))
+        table("peak memory in fuse mode (VmHWM, MiB; the entrypoint sleeps 300 ms)",
+              ["image", "keeper", "FUSE server", "keepers seen", "servers seen"],
+              [[self.size_name(n), fmt(mem[n]["keeper_hwm_kb"] and mem[n]["keeper_hwm_kb"] / 1024),
+                fmt(mem[n]["server_hwm_kb"] and mem[n]["server_hwm_kb"] / 1024),
+                ",".join(str(r["keepers"]) for r in mem[n]["runs"]),
+                ",".join(str(r["servers"]) for r in mem[n]["runs"])] for n in sizes])
+        k, sq = rd["kernel squashfs (loop)"], rd["squashfuse_ll"]
+        first = (reads[names[0]]["read"] or [{}])[0]
+        table(f"cold walk and read of the {self.size_name(big)} tree ({first.get('files', 0):.0f} files, "
+              f"{first.get('bytes', 0) / 1e6:.1f} MB; drop_caches and a fresh mount or container every run, "
+              f"wall time from the mount or start; {read_rounds} rounds; 1-min load {loads['read']:.2f} before, "
+              f"{self.results['rows']['scale']['load_after']:.2f} after)",
+              ["source", "walk s", "read s", "read files/s", "read x kernel", "read x squashfuse_ll"],
+              [[nm, med(rd[nm]["walk"]["wall_s"]), med(rd[nm]["read"]["wall_s"]), med(rd[nm]["read"]["files_per_s"]),
+                ratio(med(rd[nm]["read"]["files_per_s"]), med(k["read"]["files_per_s"])),
+                ratio(med(rd[nm]["read"]["files_per_s"]), med(sq["read"]["files_per_s"]))] for nm in names])
 
     # -- MPI
 
@@ -907,6 +1118,8 @@ class Bench:
                 lambda x: x <= 0.3)
             bar("cold fuse start / ch-run (directory)", ratio(c, v["ch-run dir"].get("median")), "<= 0.3",
                 lambda x: x <= 0.3)
+            bar("cold fuse start / cold kernel start (issue 9)", ratio(c, v["kernel cold (root)"].get("median")),
+                "<= 1.2", lambda x: x <= 1.2)
         if "mpi" in R:
             m = R["mpi"]
             r64 = m["ranks64"]
@@ -941,13 +1154,34 @@ class Bench:
                 lambda x: x <= 1.0)
             bar("image size / mksquashfs", ratio(t["bundle build"]["image"], t["mksquashfs"]["image"]), "<= 1.01",
                 lambda x: x <= 1.01)
+        if "scale" in R:
+            sc = R["scale"]
+            sz = [self.size_name(n) for n in sc["sizes"]]
+            lo, hi = sz[0], sz[-1]
+            st = lambda v: sc["start"].get(v, {}).get("median")
+            bar(f"scale: cold fuse start at {hi} / at {lo}", ratio(st(f"fuse cold {hi}"), st(f"fuse cold {lo}")),
+                "<= 1.1", lambda x: x <= 1.1)
+            bar(f"scale: cold fuse start at {hi} / ch-run (squashfs) at {hi}",
+                ratio(st(f"fuse cold {hi}"), st(f"ch-run sqfs {hi}")), "<= 0.8", lambda x: x <= 0.8)
+            bar(f"scale: extract start, cache filled, at {hi} / at {lo}",
+                ratio(st(f"extract cached {hi}"), st(f"extract cached {lo}")), "<= 1.1", lambda x: x <= 1.1)
+            m = sc["memory"][str(sc["sizes"][-1])]
+            for role, key in (("keeper", "keeper_hwm_kb"), ("FUSE server", "server_hwm_kb")):
+                bar(f"scale: {role} peak RSS at {hi}", m[key] and m[key] / 1024, "<= 16 MiB", lambda x: x <= 16,
+                    "MiB")
+            rd = sc["read"]
+            f = med(rd["bundle fuse"]["read"]["files_per_s"])
+            bar(f"scale: cold read of the {hi} tree / squashfuse_ll",
+                ratio(f, med(rd["squashfuse_ll"]["read"]["files_per_s"])), ">= 1.5", lambda x: x >= 1.5)
+            bar(f"scale: cold read of the {hi} tree / kernel squashfs",
+                ratio(f, med(rd["kernel squashfs (loop)"]["read"]["files_per_s"])), ">= 1.0", lambda x: x >= 1.0)
         if "stub" in R:
             bar("stub size", R["stub"]["bytes"] / MIB, "<= 1 MiB", lambda x: x <= 1.0, "MiB")
             bar("stub static", 1 if R["stub"]["static"] else 0, "static", lambda x: x == 1)
         self.results["bars"] = out
         rows = [[b["bar"], fmt(b["value"], ".3f") + (f" {b['unit']}" if b["unit"] and b["value"] is not None else ""),
                  b["target"], {True: "met", False: "MISSED", None: "no number"}[b["met"]]] for b in out]
-        table("bars of issue 5", ["bar", "measured", "target", ""], rows)
+        table("bars of issues 5 and 9", ["bar", "measured", "target", ""], rows)
 
     def plot(self, path):
         try:
@@ -958,7 +1192,8 @@ class Bench:
             log("no matplotlib: no plot")
             return
         R = self.results["rows"]
-        fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+        nrows = 3 if "scale" in R else 2
+        fig, axes = plt.subplots(nrows, 3, figsize=(17, 4.75 * nrows))
         m = self.results["meta"]
         fig.suptitle(f"bundle benchmarks, {m['date'][:16]}, {m['cpus']} cores, kernel {m['kernel']}, "
                      f"load at start {m['load_at_start'].split()[0]} ({m.get('busy_cores_at_start', '?')} cores busy)"
@@ -1032,14 +1267,47 @@ class Bench:
             ax.set_yticks([])
             ax.set_xlim(0, 1)
             ax.invert_yaxis()
-            ax.set_title("bars of issue 5 (green: met, red: missed)")
+            ax.set_title("bars of issues 5 and 9 (green: met, red: missed)")
+        if "scale" in R:
+            sc = R["scale"]
+            sizes = sc["sizes"]
+            ax = axes[2][0]
+            for kind in ("fuse cold", "extract cached", "kernel cold (root)", "ch-run sqfs"):
+                ys = [sc["start"].get(f"{kind} {self.size_name(n)}", {}).get("median") for n in sizes]
+                ax.plot(sizes, [y if y is not None else float("nan") for y in ys], marker="o", label=kind)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("files in the image")
+            ax.set_ylabel("ms (median)")
+            ax.legend(fontsize=8)
+            ax.set_title("scale: start-up of a static true against image size")
+            ax = axes[2][1]
+            import numpy as np
+            x = np.arange(len(sizes))
+            for i, (key, lab) in enumerate((("keeper_hwm_kb", "keeper"), ("server_hwm_kb", "FUSE server"))):
+                ax.bar(x + (i - 0.5) * 0.4, [(sc["memory"][str(n)][key] or 0) / 1024 for n in sizes], 0.4, label=lab)
+            ax.axhline(16, color="k", lw=0.8, ls="--")
+            ax.set_xticks(x, [self.size_name(n) for n in sizes])
+            ax.set_ylabel("VmHWM MiB")
+            ax.legend(fontsize=8)
+            ax.set_title("scale: peak memory in fuse mode (dashed: the 16 MiB bar)")
+            ax = axes[2][2]
+            rd = sc["read"]
+            names = list(rd)
+            x = np.arange(len(names))
+            for i, op in enumerate(("walk", "read")):
+                ax.bar(x + (i - 0.5) * 0.4, [med(rd[n][op]["files_per_s"]) or 0 for n in names], 0.4, label=op)
+            ax.set_xticks(x, names, fontsize=8)
+            ax.set_ylabel("files/s")
+            ax.legend(fontsize=8)
+            ax.set_title(f"scale: cold walk and read of the {self.size_name(sc['read_size'])} tree (higher is better)")
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         log(f"plot: {path}")
 
     def main(self):
         rows = self.a.rows.split(",")
-        unknown = set(rows) - {"stub", "start", "build", "read", "mpi"}
+        unknown = set(rows) - {"stub", "start", "build", "read", "mpi", "scale"}
         if unknown:
             raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}")
         t_start = time.time()
@@ -1048,7 +1316,7 @@ class Bench:
         self.wait_for_quiet()
         self.meta()
         log(f"load at start: {self.results['meta']['load_at_start']}")
-        for row in ("stub", "start", "build", "read", "mpi"):
+        for row in ("stub", "start", "build", "read", "mpi", "scale"):
             if row not in rows:
                 continue
             try:
@@ -1079,7 +1347,7 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="every row once on small inputs (smoke test)")
-    ap.add_argument("--rows", default="stub,start,build,read,mpi", help="comma list of rows to run")
+    ap.add_argument("--rows", default="stub,start,build,read,mpi,scale", help="comma list of rows to run")
     ap.add_argument("--repo", default=str(Path(__file__).resolve().parent.parent))
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
@@ -1090,6 +1358,9 @@ def main():
     ap.add_argument("--read-rounds", type=int, default=5)
     ap.add_argument("--build-rounds", type=int, default=3)
     ap.add_argument("--mpi-rounds", type=int, default=5)
+    ap.add_argument("--scale-sizes", help="files in the scale row's trees (default 2000,20000,200000; quick 200,2000)")
+    ap.add_argument("--scale-rounds", type=int, default=15, help="start-up rounds of the scale row")
+    ap.add_argument("--scale-read-rounds", type=int, default=3, help="cold read rounds of the scale row")
     ap.add_argument("--max-load", type=float, default=0.7, help="wait until the 1-min load is below this")
     ap.add_argument("--max-wait", type=int, default=1200, help="wait at most this many seconds for it (0: never)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (for debugging)")
