@@ -211,26 +211,16 @@ fn readdir(image: &Image, dir: &Inode, data: &[u8]) {
 }
 
 /// An RPM package, added to a build exactly as `bundle build x.rpm` adds one: header
-/// digests, file list, hard links, the payload streamed into a staging directory.
+/// digests, file list, hard links, the payload streamed into a staging directory. The
+/// code under test takes a path: the input's memfd, by its `/proc/self/fd` name, so
+/// that nothing is left on disk whatever happens.
 pub fn rpm(data: &[u8]) {
-    let dir = scratch_dir();
-    let path = dir.join("input.rpm");
-    std::fs::write(&path, data).expect("writing the input");
+    use std::os::fd::AsRawFd;
+    let file = memfile(data);
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let mut tree = bundler::tree::Tree::new(0);
     let Ok(mut inputs) = bundler::rpm::RpmInputs::new(&mut tree) else { return };
     let _ = inputs.add(&path);
-}
-
-/// A private directory for targets that must hand a path to the code under test,
-/// made once per process and removed by nobody (it lives under the temporary directory
-/// and holds one file).
-fn scratch_dir() -> &'static Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("bundle-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("creating a scratch directory");
-        d
-    })
 }
 
 /// A file list, as `bundle build --files LIST` reads it: every destination normalised
