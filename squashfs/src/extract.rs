@@ -7,10 +7,12 @@
 //! created, written, chmodded or timed by path. So neither the image (whatever its
 //! names or symlinks say) nor another process that can write into the target while we
 //! unpack (swapping one of our directories for a symlink, say) can make us touch
-//! anything outside the target. Where a path must be resolved again (the first name of
-//! a hard link, and each directory when its mode is set at the end), it is resolved
-//! below the target's descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`,
-//! or one `O_NOFOLLOW` component at a time on kernels before 5.6.
+//! anything outside the target. A directory gets its mode and times when the walk
+//! leaves it, through the descriptor it was made with; the one path resolved again, the
+//! first name of a hard link, is resolved below the target's descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or one `O_NOFOLLOW` component at a
+//! time on kernels before 5.6. Paths are never handed to the kernel whole, so a tree
+//! nested deeper than PATH_MAX unpacks too.
 //!
 //! setuid and setgid bits are dropped; device nodes, fifos and sockets are skipped (we
 //! could not create devices, and the runtime binds the host's `/dev` anyway). Hard
@@ -36,27 +38,29 @@ pub struct Extracted {
     pub skipped: u64,
 }
 
-/// An io::Error whose message names the path.
+/// An io::Error whose message names the path (its middle left out if it is long).
 fn at<'a>(path: &'a Path, what: &'a str) -> impl FnOnce(io::Error) -> io::Error + 'a {
-    move |e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    move |e| io::Error::new(e.kind(), format!("{what} {}: {e}", crate::short_path(path)))
 }
 
 /// Unpacks the whole image into `dest`, which must not exist or be an empty directory.
 pub fn to_dir(image: &Image, dest: &Path) -> io::Result<Extracted> {
     let root = open_target(dest)?;
     let mut done = Extracted::default();
-    // The directories from the root down to the one the walk is in: the walk gives each
-    // directory before what it holds, so the parent of an entry of depth `n` is
-    // `open[n - 1]`.
-    let mut open: Vec<OwnedFd> = vec![root.try_clone()?];
-    let mut dirs: Vec<(PathBuf, Inode)> = Vec::new();
+    // The directories from the root down to the one the walk is in, each with what its
+    // mode and times will be: the walk gives each directory before what it holds, so
+    // the parent of an entry of depth `n` is `open[n - 1]`, and a directory whose
+    // entries are all made is the one left behind when the walk goes up.
+    let mut open: Vec<(OwnedFd, Option<(PathBuf, Inode)>)> = vec![(root.try_clone()?, None)];
     let mut linked: HashMap<InodeRef, PathBuf> = HashMap::new();
     image.walk(|path, inode| {
         let rel = path.strip_prefix("/").unwrap_or(path);
         let out = dest.join(rel);
         let depth = rel.components().count();
-        open.truncate(depth);
-        let parent = open.last().ok_or_else(|| io::Error::other("the walk left the root"))?;
+        while open.len() > depth {
+            close_dir(open.pop().expect("deeper than the root"), dest)?;
+        }
+        let parent = &open.last().ok_or_else(|| io::Error::other("the walk left the root"))?.0;
         let name = cstring(rel.file_name().unwrap_or_default().as_bytes(), &out)?;
         match inode.kind {
             Kind::Dir => {
@@ -64,8 +68,7 @@ pub fn to_dir(image: &Image, dest: &Path) -> io::Result<Extracted> {
                 check(unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o700) })
                     .map_err(at(&out, "cannot create"))?;
                 let fd = openat(parent, &name, libc::O_RDONLY | libc::O_DIRECTORY).map_err(at(&out, "cannot open"))?;
-                open.push(fd);
-                dirs.push((rel.to_path_buf(), inode.clone()));
+                open.push((fd, Some((rel.to_path_buf(), inode.clone()))));
             }
             Kind::File if inode.nlink > 1 && linked.contains_key(&inode.reference) => {
                 let first = &linked[&inode.reference];
@@ -102,16 +105,21 @@ pub fn to_dir(image: &Image, dest: &Path) -> io::Result<Extracted> {
         done.entries += 1;
         Ok(())
     })?;
-    drop(open);
-    // Directory modes and times last, deepest first: a read-only directory must first
-    // be filled, and its parents must still let us reach it.
-    for (rel, inode) in dirs.iter().rev() {
-        let path = dest.join(rel);
-        let dir = File::from(open_beneath(&root, rel).map_err(at(&path, "cannot open"))?);
-        finish(inode, &dir, &path)?;
+    while let Some(dir) = open.pop() {
+        close_dir(dir, dest)?;
     }
     finish(&image.root_inode()?, &File::from(root), dest)?;
     Ok(done)
+}
+
+/// A directory whose entries are all made gets its mode and times, through the
+/// descriptor we made it with: after its contents (a read-only directory must first be
+/// filled), and never by a path that could have been swapped since.
+fn close_dir((fd, made): (OwnedFd, Option<(PathBuf, Inode)>), dest: &Path) -> io::Result<()> {
+    match made {
+        Some((rel, inode)) => finish(&inode, &File::from(fd), &dest.join(rel)),
+        None => Ok(()), // the root, finished last
+    }
 }
 
 /// Creates `dest`, or takes it if it is an empty directory, and opens it. The one path

@@ -99,3 +99,48 @@ fn a_directory_swapped_for_a_symlink_mid_extract_cannot_lead_outside() {
         }
     }
 }
+
+/// Makes `depth` nested directories of 200-byte names under `root` and a file at the
+/// bottom, one `*at` call at a time (the whole path is longer than PATH_MAX).
+fn make_deep(root: &Path, depth: usize) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = std::ffi::CString::new("d".repeat(200)).unwrap();
+    fs::create_dir(root).unwrap();
+    let mut dir = OwnedFd::from(fs::File::open(root).unwrap());
+    for _ in 0..depth {
+        // SAFETY: NUL-terminated names relative to directory fds we own.
+        unsafe {
+            assert_eq!(libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755), 0);
+            let fd = libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(fd >= 0);
+            dir = OwnedFd::from_raw_fd(fd);
+        }
+    }
+    // SAFETY: as above.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c"bottom".as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644) };
+    assert!(fd >= 0);
+    // SAFETY: the fd was just opened.
+    drop(unsafe { fs::File::from_raw_fd(fd) });
+}
+
+// From the fault probes of issue 11: unpacking by path failed past PATH_MAX ("File name
+// too long"), with an error that quoted the whole 6 KB path.
+#[test]
+fn a_tree_deeper_than_path_max_unpacks_and_long_paths_in_errors_are_shortened() {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    // 20 levels: 4 KB of names, as deep as mksquashfs reads (it stops at PATH_MAX).
+    make_deep(&tree, 20);
+    let img = d.path().join("deep.sqfs");
+    mksquashfs(&tree, &img, ZSTD);
+    let image = Image::open(&fs::File::open(&img).unwrap(), 0).unwrap();
+    // Under a target 200 bytes long, the deepest paths are longer than PATH_MAX.
+    let out = d.path().join("o".repeat(200));
+    assert_eq!(extract::to_dir(&image, &out).unwrap().entries, 21);
+    // A message names a long path by its start and end.
+    let long = Path::new("/x").join("d".repeat(200)).join("d".repeat(200)).join("f");
+    let short = bundle_squashfs::short_path(&long);
+    assert!(short.len() < 200, "{short}");
+    assert!(short.starts_with("/x/ddd") && short.ends_with("ddd/f") && short.contains("...(2"), "{short}");
+    assert_eq!(bundle_squashfs::short_path(Path::new("/a/b")), "/a/b");
+}
