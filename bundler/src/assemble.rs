@@ -1,7 +1,8 @@
 //! Writing the bundle file: stub, padding, image, metadata, trailer.
 //!
 //! Everything goes to a temporary file in the output's directory, which is renamed over
-//! the output only when complete: a failed or interrupted build leaves no partial file.
+//! the output only when complete: a failed or interrupted (^C, SIGTERM, SIGHUP) build
+//! leaves no partial file.
 
 use crate::progress::Progress;
 use crate::squashfs;
@@ -37,6 +38,8 @@ pub fn write_bundle(
         .prefix(".bundle-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // Until it is renamed into place, a ^C or SIGTERM removes it (see cleanup.rs).
+    let _remove_on_signal = crate::cleanup::RemoveOnSignal::new(tmp.path());
     let f = tmp.as_file_mut();
 
     f.write_all(stub).context("cannot write the runtime stub")?;

@@ -7,6 +7,7 @@
 #![allow(clippy::len_without_is_empty)]
 
 pub mod assemble;
+pub mod cleanup;
 pub mod closure;
 pub mod inputs;
 pub mod inspect;
