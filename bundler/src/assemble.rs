@@ -3,7 +3,8 @@
 //! Everything goes to a temporary file in the output's directory, which is renamed over
 //! the output only when complete: a failed or interrupted build leaves no partial file.
 //! Where the file system has `O_TMPFILE` the temporary file has no name until then, so
-//! that not even a build killed with SIGKILL leaves one behind.
+//! that not even a build killed with SIGKILL leaves one behind; where it has a name, a
+//! ^C, SIGTERM or SIGHUP removes it (`cleanup.rs`).
 
 use crate::progress::Progress;
 use crate::squashfs;
@@ -39,6 +40,8 @@ pub fn write_bundle(
         _ => Path::new("."),
     };
     let mut tmp = Output::create(dir)?;
+    // Until it is renamed into place, a ^C or SIGTERM removes a named one.
+    let _remove_on_signal = tmp.path().map(crate::cleanup::RemoveOnSignal::new);
     let f = tmp.file();
 
     f.write_all(stub).context("cannot write the runtime stub")?;
@@ -87,6 +90,14 @@ impl Output {
                 .tempfile_in(dir)
                 .map(Output::Named)
                 .with_context(|| format!("cannot create a temporary file in {}", dir.display())),
+        }
+    }
+
+    /// The temporary file's name, when it has one.
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Output::Unnamed(_) => None,
+            Output::Named(t) => Some(t.path()),
         }
     }
 

@@ -38,13 +38,9 @@ impl<'t> HostInputs<'t> {
     pub fn add_list(&mut self, list: &Path) -> Result<()> {
         let text = fs::read_to_string(list).with_context(|| format!("cannot read file list {}", list.display()))?;
         let base = list.parent().unwrap_or(Path::new("."));
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (src, dest) = split_spec(line);
-            self.add_spec(&base.join(src), dest).with_context(|| format!("{}:{}: {line}", list.display(), n + 1))?;
+        for l in parse_list(&text) {
+            self.add_spec(&base.join(l.src), l.dest)
+                .with_context(|| format!("{}:{}: {}", list.display(), l.number, l.text))?;
         }
         Ok(())
     }
@@ -120,6 +116,30 @@ impl<'t> HostInputs<'t> {
             return Ok(None);
         }))
     }
+}
+
+/// One line of a file list that names something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListLine<'a> {
+    /// 1-based, for messages.
+    pub number: usize,
+    /// The line, trimmed.
+    pub text: &'a str,
+    pub src: &'a str,
+    pub dest: Option<&'a str>,
+}
+
+/// The lines of a file list that name something: blank lines and `#` comments are
+/// skipped. Pure text, no file system: the fuzz target `filelist` calls it too.
+pub fn parse_list(text: &str) -> impl Iterator<Item = ListLine<'_>> {
+    text.lines().enumerate().filter_map(|(n, line)| {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let (src, dest) = split_spec(line);
+        Some(ListLine { number: n + 1, text: line, src, dest })
+    })
 }
 
 fn split_spec(spec: &str) -> (&str, Option<&str>) {

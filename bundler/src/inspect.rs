@@ -83,13 +83,43 @@ fn list_line(p: &Path, n: &Inode) -> String {
     let (t, size, link) = match n.kind {
         Kind::Dir => ('d', 0, String::new()),
         Kind::File => ('-', n.size, String::new()),
-        Kind::Symlink => ('l', 0, format!(" -> {}", String::from_utf8_lossy(n.link_target().unwrap_or_default()))),
+        Kind::Symlink => ('l', 0, format!(" -> {}", escape(n.link_target().unwrap_or_default()))),
         Kind::CharDevice => ('c', 0, String::new()),
         Kind::BlockDevice => ('b', 0, String::new()),
         Kind::Fifo => ('p', 0, String::new()),
         Kind::Socket => ('s', 0, String::new()),
     };
-    format!("{t}{} {:>5}/{:<5} {size:>10} {}{link}\n", rwx(n.mode), n.uid, n.gid, p.display())
+    let name = escape(p.as_os_str().as_encoded_bytes());
+    format!("{t}{} {:>5}/{:<5} {size:>10} {name}{link}\n", rwx(n.mode), n.uid, n.gid)
+}
+
+/// A name as `ls -b` shows it, so that one entry is one line and a name cannot pass
+/// for something else on the terminal: `\n`, `\t`, `\\` and C-style escapes for the
+/// other control characters, `\ooo` (octal) for bytes that are not UTF-8; printable
+/// text, other scripts included, as it is.
+pub fn escape(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c.is_control() => {
+                    let mut b = [0u8; 4];
+                    for byte in c.encode_utf8(&mut b).bytes() {
+                        out.push_str(&format!("\\{byte:03o}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\{byte:03o}"));
+        }
+    }
+    out
 }
 
 pub fn extract(path: &Path, dir: &Path) -> Result<()> {
@@ -128,4 +158,22 @@ fn rwx(mode: u16) -> String {
     ]
     .iter()
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn names_are_escaped_as_ls_b_does() {
+        assert_eq!(escape(b"/etc/passwd"), "/etc/passwd");
+        assert_eq!(escape(b"/a\nb"), "/a\\nb");
+        assert_eq!(escape(b"tab\there\rcr"), "tab\\there\\rcr");
+        assert_eq!(escape(b"back\\slash"), "back\\\\slash");
+        assert_eq!(escape(b"esc\x1b[31m"), "esc\\033[31m");
+        assert_eq!(escape(b"bad\xff\xfe"), "bad\\377\\376");
+        assert_eq!(escape("caf\u{e9} \u{4e2d}".as_bytes()), "caf\u{e9} \u{4e2d}");
+        // A C1 control (U+009B, CSI) is two bytes of UTF-8, both escaped.
+        assert_eq!(escape("x\u{9b}y".as_bytes()), "x\\302\\233y");
+    }
 }

@@ -1,15 +1,6 @@
 //! `bundle`: packs an application into one self-executing file for HPC clusters.
 
-mod assemble;
-mod closure;
-mod inputs;
-mod inspect;
-mod pipeline;
-mod progress;
-mod rpm;
-mod squashfs;
-mod stub;
-mod tree;
+use bundler::{inspect, pipeline, squashfs};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -135,6 +135,7 @@ impl<'t> RpmInputs<'t> {
     }
 
     fn add_package(&mut self, path: &Path, label: &str) -> Result<Input> {
+        limits::check_headers(&File::open(path).with_context(|| format!("cannot open {}", path.display()))?)?;
         let meta = PackageMetadata::open(path)
             .map_err(|e| anyhow!("not a readable RPM package (truncated or corrupted?): {e}"))?;
         let sha256 = verify_digests(path, &meta)?;
@@ -501,5 +502,6 @@ fn hash_file(path: &Path, payload_at: u64) -> Result<(String, String, u64)> {
     Ok((bundle_format::hex(&whole.finalize()), bundle_format::hex(&payload.finalize()), len))
 }
 
+mod limits;
 #[cfg(test)]
 mod tests;

@@ -14,10 +14,12 @@
 //!
 //! `docs/format.md` describes every field so that another tool can read a bundle.
 
+mod bind;
 mod metadata;
 mod reader;
 mod trailer;
 
+pub use bind::BindSpec;
 pub use metadata::{ImageInfo, Input, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
 pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, TRAILER_LEN};

@@ -117,11 +117,15 @@ impl Trailer {
         if image_end > self.metadata_offset {
             return layout("image overlaps metadata");
         }
-        let Some(meta_end) = self.metadata_offset.checked_add(self.metadata_size) else {
+        // The trailer's own length is added checked too: a metadata end within 128
+        // bytes of 2^64 must be an error, not an overflow.
+        let Some(end) =
+            self.metadata_offset.checked_add(self.metadata_size).and_then(|e| e.checked_add(TRAILER_LEN as u64))
+        else {
             return layout("metadata size overflows");
         };
-        if meta_end + TRAILER_LEN as u64 != file_len {
-            return layout(&format!("expected {} bytes, file has {file_len}", meta_end + TRAILER_LEN as u64));
+        if end != file_len {
+            return layout(&format!("expected {end} bytes, file has {file_len}"));
         }
         Ok(())
     }
@@ -162,6 +166,19 @@ mod tests {
         let mut b = t.encode();
         b[8] = 9;
         assert_eq!(Trailer::decode(&b, len), Err(TrailerError::Version(9)));
+    }
+
+    // Found writing the `trailer` fuzz target: offset + size + 128 overflowed (a panic in a
+    // debug build, a wrong comparison in a release build).
+    #[test]
+    fn a_metadata_end_near_2_to_the_64_is_an_overflow_error() {
+        let mut t = sample();
+        t.metadata_offset = 9192;
+        t.metadata_size = u64::MAX - 9192 - 10;
+        assert_eq!(
+            Trailer::decode(&t.encode(), 9192 + 50 + 128),
+            Err(TrailerError::Layout("metadata size overflows".into()))
+        );
     }
 
     #[test]

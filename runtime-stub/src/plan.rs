@@ -168,27 +168,10 @@ pub struct UserBind {
 }
 
 impl UserBind {
+    /// The spec's syntax lives in `bundle_format::BindSpec`, shared with the fuzz target.
     pub fn parse(spec: &str) -> Result<UserBind, String> {
-        let parts: Vec<&str> = spec.split(':').collect();
-        let (src, dst, opt) = match parts[..] {
-            [s] => (s, s, None),
-            [s, d] => (s, d, None),
-            [s, d, o] => (s, d, Some(o)),
-            _ => return Err(format!("bind `{spec}`: expected SRC[:DST[:ro]]")),
-        };
-        let readonly = match opt {
-            None | Some("rw") => false,
-            Some("ro") => true,
-            Some(o) => return Err(format!("bind `{spec}`: unknown option `{o}` (ro or rw)")),
-        };
-        let dst = if dst.is_empty() { src } else { dst };
-        if !src.starts_with('/') || !dst.starts_with('/') {
-            return Err(format!("bind `{spec}`: paths must be absolute"));
-        }
-        if Path::new(dst).components().any(|c| c == Component::ParentDir) {
-            return Err(format!("bind `{spec}`: the destination must not contain `..`"));
-        }
-        Ok(UserBind { src: src.into(), dst: dst.into(), readonly })
+        let b = bundle_format::BindSpec::parse(spec)?;
+        Ok(UserBind { src: b.src.into(), dst: b.dst.into(), readonly: b.readonly })
     }
 }
 

@@ -16,3 +16,23 @@ pub mod layout;
 mod read;
 
 pub use read::{DirCookie, Entries, Entry, Image, Inode, InodeRef, Kind, Piece};
+
+/// A path for a one-line message: whole up to 200 bytes, else its start and its end
+/// around how much was left out. An image can nest names 6 KB deep, and a message that
+/// quotes all of it is a screenful nobody reads.
+pub fn short_path(path: &std::path::Path) -> String {
+    const KEEP: usize = 90;
+    let s = path.display().to_string();
+    if s.len() <= 200 {
+        return s;
+    }
+    let mut head = KEEP;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - KEEP;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}...({} bytes)...{}", &s[..head], tail - head, &s[tail..])
+}

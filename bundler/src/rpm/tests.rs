@@ -199,3 +199,54 @@ fn v6_packages_with_every_compression_read_and_are_verified() {
         assert!(err.contains("corrupted"), "{c}: {err}");
     }
 }
+
+/// A package whose main header is patched by `patch(header_start, bytes)`; the
+/// signature header is left alone, so only our checks or the crate's parser stand
+/// between the patch and a panic.
+fn patched_main_header(dir: &Path, patch: impl Fn(usize, &mut Vec<u8>)) -> PathBuf {
+    let good = write(dir, builder("patched").with_file_contents("x", FileOptions::new("/x")).unwrap());
+    let mut bytes = std::fs::read(&good).unwrap();
+    let be = |b: &[u8], i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+    let sig_end = 96 + 16 + be(&bytes, 96 + 8) * 16 + be(&bytes, 96 + 12);
+    let main = sig_end.next_multiple_of(8);
+    assert_eq!(bytes[main..main + 4], [0x8E, 0xAD, 0xE8, 0x01]);
+    patch(main, &mut bytes);
+    let path = dir.join("patched.rpm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+// Found by the `rpm` fuzz target: rpm 0.30 panicked (index out of range,
+// header.rs:111) on an entry whose data offset lies past the data section.
+#[test]
+fn an_entry_pointing_past_the_header_data_is_refused_before_the_crate_parses_it() {
+    let d = tempfile::tempdir().unwrap();
+    let p = patched_main_header(d.path(), |main, b| {
+        b[main + 16 + 8..main + 16 + 12].copy_from_slice(&0x8000u32.to_be_bytes())
+    });
+    let err = format!("{:#}", add(&[&p]).unwrap_err());
+    assert!(err.ends_with("corrupted RPM package: entry 0 of its header points past its data"), "{err}");
+}
+
+// Found by the `rpm` fuzz target: rpm 0.30 reserved room for an entry's count of items
+// before reading them (header.rs:866), 4 GiB for a count of 2^30.
+#[test]
+fn an_entry_counting_more_items_than_its_data_holds_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = patched_main_header(d.path(), |main, b| {
+        b[main + 16 + 4..main + 16 + 8].copy_from_slice(&4u32.to_be_bytes()); // INT32
+        b[main + 16 + 12..main + 16 + 16].copy_from_slice(&0x3D00_0003u32.to_be_bytes());
+    });
+    let err = format!("{:#}", add(&[&p]).unwrap_err());
+    assert!(err.ends_with("corrupted RPM package: entry 0 of its header points past its data"), "{err}");
+}
+
+// rpm 0.30 sizes its read buffer from the header's counts (header.rs:76): 64 GiB here.
+#[test]
+fn a_header_claiming_absurd_counts_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = patched_main_header(d.path(), |main, b| b[main + 8..main + 12].copy_from_slice(&u32::MAX.to_be_bytes()));
+    let err = format!("{:#}", add(&[&p]).unwrap_err());
+    assert!(err.contains("not a readable RPM package: its header claims 4294967295 entries and "), "{err}");
+    assert!(err.starts_with("RPM "), "{err}");
+}

@@ -34,7 +34,8 @@ impl Image {
             visit(&path, &inode)?;
             if inode.kind == Kind::Dir {
                 if !seen.insert(inode.reference) {
-                    return Err(corrupt(format!("the directory {} appears twice (a loop?)", path.display())));
+                    let path = crate::short_path(&path);
+                    return Err(corrupt(format!("the directory {path} appears twice (a loop?)")));
                 }
                 if stack.len() >= MAX_DEPTH {
                     return Err(corrupt(format!("directories nest more than {MAX_DEPTH} deep")));
