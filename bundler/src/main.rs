@@ -4,6 +4,7 @@ mod assemble;
 mod closure;
 mod inputs;
 mod inspect;
+mod oci;
 mod pipeline;
 mod progress;
 mod rpm;
@@ -65,9 +66,19 @@ struct BuildArgs {
     /// A host file or directory to add at the same path, with the libraries it needs.
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<PathBuf>,
+    /// An OCI image layout directory, or an oci-archive or docker-archive tar (`docker
+    /// save`, `podman save`), that becomes the image root.
+    #[arg(long, value_name = "PATH")]
+    oci: Option<PathBuf>,
+    /// The image to take from --oci when it holds several (a name, tag or name:tag).
+    #[arg(long, value_name = "NAME", requires = "oci")]
+    oci_ref: Option<String>,
     /// Do not add libraries, interpreters and plugins from the build host.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "closure")]
     no_closure: bool,
+    /// Add libraries from the build host even to an image (--oci), which is a whole root.
+    #[arg(long)]
+    closure: bool,
     /// Build even if some libraries cannot be found (they are listed in a warning).
     #[arg(long)]
     allow_missing: bool,
@@ -130,8 +141,11 @@ fn build(a: Box<BuildArgs>) -> anyhow::Result<()> {
         image,
         stub: a.stub,
         output: a.output,
-        closure: !a.no_closure,
+        // An image is a whole root: the host's libraries would only shadow its own.
+        closure: a.closure || (!a.no_closure && a.oci.is_none()),
         allow_missing: a.allow_missing,
         includes: a.includes,
+        oci: a.oci,
+        oci_ref: a.oci_ref,
     })
 }

@@ -3,6 +3,7 @@
 use crate::assemble;
 use crate::closure;
 use crate::inputs::{absolute, HostInputs};
+use crate::oci;
 use crate::progress::Progress;
 use crate::rpm::RpmInputs;
 use crate::squashfs;
@@ -34,6 +35,19 @@ pub struct BuildRequest {
     pub allow_missing: bool,
     /// Host paths added with their closure (`--include`).
     pub includes: Vec<PathBuf>,
+    /// An OCI image layout or docker/oci archive that becomes the image root.
+    pub oci: Option<PathBuf>,
+    /// Which image of `oci`, when it holds several (`--oci-ref`).
+    pub oci_ref: Option<String>,
+}
+
+/// What the inputs gave, besides the tree.
+struct Gathered {
+    inputs: Vec<Input>,
+    /// Staged contents of RPMs and image layers: must outlive the image writing.
+    _staging: Vec<TempDir>,
+    /// The config of an OCI image input.
+    image: Option<oci::Image>,
 }
 
 /// Directories and files the runtime binds over; present in every image so that no
@@ -56,26 +70,35 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
     });
     let mut tree = Tree::new(now);
-    // The RPMs' staged contents must outlive the image writing: dropped at the end.
-    let (inputs, _staging) = gather(req, &mut tree, epoch.is_some())?;
+    let gathered = gather(req, &mut tree, epoch.is_some())?;
     if tree.len() <= 1 && req.includes.is_empty() {
-        bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)");
+        bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files), files (--file) or an image (--oci)");
     }
-    // Chosen from the inputs alone: what the closure adds is never a candidate.
-    let entrypoint = match &req.entrypoint {
-        Some(e) => e.clone(),
-        None => default_entrypoint(&tree)?,
+    let image = gathered.image.as_ref();
+    // Chosen from the inputs alone: what the closure adds is never a candidate. An
+    // image's `Cmd` goes with its `Entrypoint`; `-e` replaces both, as `docker run
+    // --entrypoint` does.
+    let (entrypoint, args) = match (&req.entrypoint, image) {
+        (Some(e), _) => (e.clone(), Vec::new()),
+        (None, Some(img)) if !img.command.is_empty() => (image_program(&tree, img)?, img.command[1..].to_vec()),
+        _ => (default_entrypoint(&tree)?, Vec::new()),
     };
     let provided = if req.closure { add_closure(req, &mut tree, &entrypoint)? } else { Vec::new() };
     add_mount_points(&mut tree, now)?;
     if let Some(t) = epoch {
         tree.set_all_mtimes(t);
     }
-    let entrypoint = vec![check_entrypoint(&tree, &entrypoint)?];
+    let entrypoint = std::iter::once(check_entrypoint(&tree, &entrypoint)?).chain(args).collect();
+    // The image's settings first, the command line's over them.
+    let mut env: BTreeMap<String, String> = image.map(|i| i.env.iter().cloned().collect()).unwrap_or_default();
+    env.extend(parse_pairs(&req.env, "--env")?);
+    let mut labels = image.map(|i| i.labels.clone()).unwrap_or_default();
+    labels.extend(parse_pairs(&req.labels, "--label")?);
     let metadata = Metadata {
         entrypoint,
-        env: parse_pairs(&req.env, "--env")?,
-        labels: parse_pairs(&req.labels, "--label")?,
+        env,
+        labels,
+        workdir: image.and_then(|i| i.workdir.clone()),
         created: now as u64,
         bundler: format!("bundle {}", env!("CARGO_PKG_VERSION")),
         image: ImageInfo {
@@ -84,7 +107,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
             block_size: req.image.block_size,
             entries: tree.len() as u64,
         },
-        inputs,
+        inputs: gathered.inputs,
         provided,
         binds: Vec::new(),
     };
@@ -106,14 +129,25 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     Ok(())
 }
 
-/// Adds every input to the tree. RPMs go first, so that `--dir`, `--files` and `--file`
-/// can override a packaged file. Returns the provenance records and, when there are RPMs,
-/// the staging directory holding their extracted contents.
-fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Vec<Input>, Option<TempDir>)> {
+/// Adds every input to the tree. An image goes first (it is a whole root), then RPMs, so
+/// that `--dir`, `--files` and `--file` can override a packaged file.
+fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<Gathered> {
     let mut inputs = Vec::new();
-    let staging = if req.rpms.is_empty() {
-        None
-    } else {
+    let mut staging = Vec::new();
+    let mut image = None;
+    if let Some(path) = &req.oci {
+        let (img, dir) = add_oci(tree, path, req.oci_ref.as_deref())?;
+        inputs.push(Input {
+            kind: "oci".into(),
+            path: recorded(path, reproducible, path.is_file()),
+            digest: Some(img.digest.clone()),
+            reference: img.reference.clone(),
+            ..Default::default()
+        });
+        staging.push(dir);
+        image = Some(img);
+    }
+    if !req.rpms.is_empty() {
         let mut rpms = RpmInputs::new(tree)?;
         for r in &req.rpms {
             inputs.push(rpms.add(r)?);
@@ -121,12 +155,18 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Ve
         for w in &rpms.warnings {
             eprintln!("bundle: warning: {w}");
         }
-        Some(rpms.into_staging())
-    };
+        staging.push(rpms.into_staging());
+    }
     let mut host = HostInputs::new(tree);
     for d in &req.dirs {
         host.add_root_dir(d)?;
-        inputs.push(Input { kind: "dir".into(), path: recorded(d, reproducible, false), nevra: None, sha256: None });
+        inputs.push(Input {
+            kind: "dir".into(),
+            path: recorded(d, reproducible, false),
+            nevra: None,
+            sha256: None,
+            ..Default::default()
+        });
     }
     for l in &req.lists {
         host.add_list(l)?;
@@ -135,19 +175,68 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Ve
             path: recorded(l, reproducible, true),
             nevra: None,
             sha256: Some(file_sha256(l)?),
+            ..Default::default()
         });
     }
     for f in &req.files {
         host.add_file_spec(f)?;
         let src = Path::new(f.split_once('=').map_or(f.as_str(), |(s, _)| s));
         let sha256 = if src.is_file() { Some(file_sha256(src)?) } else { None };
-        inputs.push(Input { kind: "file".into(), path: recorded(src, reproducible, true), nevra: None, sha256 });
+        inputs.push(Input {
+            kind: "file".into(),
+            path: recorded(src, reproducible, true),
+            nevra: None,
+            sha256,
+            ..Default::default()
+        });
     }
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
     }
-    Ok((inputs, staging))
+    Ok(Gathered { inputs, _staging: staging, image })
 }
+
+fn add_oci(tree: &mut Tree, path: &Path, reference: Option<&str>) -> Result<(oci::Image, TempDir)> {
+    let staging =
+        tempfile::Builder::new().prefix("bundle-oci-").tempdir().context("cannot create a staging directory")?;
+    let img = oci::add(tree, path, reference, staging.path()).with_context(|| format!("--oci {}", path.display()))?;
+    eprintln!(
+        "bundle: oci: {} {}: {} layers, command {:?}",
+        img.reference.as_deref().unwrap_or("(unnamed)"),
+        img.digest,
+        img.layers,
+        img.command
+    );
+    if img.skipped_devices > 0 {
+        eprintln!("bundle: warning: skipped {} device nodes and FIFOs of the image", img.skipped_devices);
+    }
+    Ok((img, staging))
+}
+
+/// The program an image's `Entrypoint`/`Cmd` names: a bare name is looked up in the
+/// image's own `PATH`, as a container engine does.
+fn image_program(tree: &Tree, img: &oci::Image) -> Result<String> {
+    let name = &img.command[0];
+    if name.starts_with('/') {
+        return Ok(name.clone());
+    }
+    if name.contains('/') {
+        let dir = img.workdir.as_deref().unwrap_or("/");
+        return Ok(Path::new(dir).join(name).display().to_string());
+    }
+    let path = img.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = Path::new(dir).join(name);
+        let found = closure::resolve(tree, &candidate).and_then(|p| tree.get(&p).cloned());
+        if found.is_some_and(|e| matches!(e.kind, Kind::File(_)) && e.mode & 0o111 != 0) {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    bail!("the image's command {name} is not in its PATH ({path}); give the program with -e PATH")
+}
+
+/// What container engines use when an image sets no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// With no `-e`: the one executable in a `bin` or `sbin` directory of the inputs.
 fn default_entrypoint(tree: &Tree) -> Result<String> {
