@@ -1,0 +1,204 @@
+//! Issue 13, end to end: inputs people already have. OCI images made by `umoci` and
+//! converted by `skopeo` (Debian's packages), build files, file lists that follow links;
+//! each bundle runs as an ordinary user.
+
+use e2e::*;
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const BOTH: [Mode; 2] = [Mode::Fuse, Mode::Extract];
+
+fn require(program: &str, package: &str) {
+    let ok = Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "{program} is missing (Debian package {package}): run the suite with ./scripts/test");
+}
+
+fn ok(cmd: &mut Command) -> Out {
+    let out = run(cmd);
+    out.assert_success();
+    out
+}
+
+fn inspect_json(bundle: &Path) -> Value {
+    let out = run(e2e::bundle(&[OsStr::new("inspect"), OsStr::new("--json"), bundle.as_os_str()]));
+    out.assert_success();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"))
+}
+
+fn runs_in_both_modes(t: &Test, bundle: &Path, args: &[&str], stdout: &str) {
+    for mode in BOTH {
+        if mode == Mode::Fuse {
+            require_fuse();
+        }
+        run(&mut t.app(bundle, mode, args)).assert_success().assert_stdout(stdout);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OCI images
+
+/// What the image's command prints: its environment, working directory (the caller's:
+/// the runtime keeps it), and what the upper layers deleted.
+const SCRIPT: &str = r#"echo "greeting=$GREETING"; ls /opt/data; ls /etc | grep -e gone -e kept -e added; echo "args: $*""#;
+const EXPECTED: &str = "greeting=hello\nfresh\nadded\nkept\nargs: one two\n";
+
+/// The image: busybox and the probe; a second layer (umoci unpack/repack) deletes
+/// `/etc/gone` (a `.wh.` whiteout) and adds `/etc/added`; a third (added verbatim, as
+/// umoci writes per-file whiteouts itself) makes `/opt/data` opaque and adds `fresh`.
+/// Returns the OCI layout (tag `t`), a docker-archive and an oci-archive of it.
+struct Images {
+    layout: PathBuf,
+    docker: PathBuf,
+    oci_archive: PathBuf,
+}
+
+fn images() -> &'static Images {
+    static I: OnceLock<Images> = OnceLock::new();
+    I.get_or_init(|| {
+        require("umoci", "umoci");
+        require("skopeo", "skopeo");
+        let dir = shared_dir().join("oci");
+        fs::create_dir_all(&dir).unwrap();
+        let layout = dir.join("layout");
+        let umoci = |args: &[&OsStr]| ok(Command::new("umoci").args(args).current_dir(&dir));
+        let img = OsStr::new("layout:t");
+        umoci(&["init".as_ref(), "--layout".as_ref(), layout.as_os_str()]);
+        umoci(&["new".as_ref(), "--image".as_ref(), img]);
+        let b = dir.join("b");
+        let unpack = || umoci(&["unpack".as_ref(), "--rootless".as_ref(), "--image".as_ref(), img, b.as_os_str()]);
+        let repack = || umoci(&["repack".as_ref(), "--image".as_ref(), img, b.as_os_str()]);
+        unpack();
+        let root = b.join("rootfs");
+        make_rootfs(&root);
+        for d in ["etc", "opt/data/sub", "work"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["etc/gone", "etc/kept", "opt/data/old", "opt/data/sub/deep"] {
+            fs::write(root.join(f), f).unwrap();
+        }
+        repack();
+        fs::remove_dir_all(&b).unwrap();
+        unpack();
+        fs::remove_file(root.join("etc/gone")).unwrap();
+        fs::write(root.join("etc/added"), "added").unwrap();
+        repack();
+        let l3 = dir.join("l3");
+        fs::create_dir_all(l3.join("opt/data")).unwrap();
+        fs::write(l3.join("opt/data/.wh..wh..opq"), "").unwrap();
+        fs::write(l3.join("opt/data/fresh"), "fresh").unwrap();
+        let l3_tar = dir.join("l3.tar");
+        ok(Command::new("tar").arg("-C").arg(&l3).arg("-cf").arg(&l3_tar).arg("opt"));
+        umoci(&["raw".as_ref(), "add-layer".as_ref(), "--image".as_ref(), img, l3_tar.as_os_str()]);
+        umoci(&[
+            "config".as_ref(),
+            "--image".as_ref(),
+            img,
+            "--config.entrypoint".as_ref(),
+            "/bin/sh".as_ref(),
+            "--config.cmd".as_ref(),
+            "-c".as_ref(),
+            "--config.cmd".as_ref(),
+            SCRIPT.as_ref(),
+            "--config.cmd".as_ref(),
+            "sh".as_ref(),
+            "--config.env".as_ref(),
+            "GREETING=hello".as_ref(),
+            "--config.workingdir".as_ref(),
+            "/work".as_ref(),
+            "--config.label".as_ref(),
+            "org.example.kind=test".as_ref(),
+        ]);
+        let docker = dir.join("docker.tar");
+        let oci_archive = dir.join("oci.tar");
+        let src = format!("oci:{}:t", layout.display());
+        ok(Command::new("skopeo").arg("copy").arg(&src).arg(format!("docker-archive:{}:app:t", docker.display())));
+        ok(Command::new("skopeo").arg("copy").arg(&src).arg(format!("oci-archive:{}:app:t", oci_archive.display())));
+        Images { layout, docker, oci_archive }
+    })
+}
+
+fn oci_bundle_runs(source: &Path, name: &str) {
+    let t = Test::new(name);
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--oci").arg(source).build(&out);
+    runs_in_both_modes(&t, &out, &["one", "two"], EXPECTED);
+    let m = inspect_json(&out);
+    assert_eq!(m["env"]["GREETING"], "hello", "{m:#}");
+    assert_eq!(m["workdir"], "/work", "{m:#}");
+    assert_eq!(m["labels"]["org.example.kind"], "test", "{m:#}");
+    assert_eq!(m["entrypoint"][0], "/bin/sh", "{m:#}");
+    let input = &m["inputs"][0];
+    assert_eq!(input["kind"], "oci", "{m:#}");
+    assert!(input["digest"].as_str().is_some_and(|d| d.starts_with("sha256:") && d.len() == 71), "{m:#}");
+    // A whole root: nothing from the build host.
+    assert_eq!(m["provided"].as_array().map_or(0, Vec::len), 0, "{m:#}");
+}
+
+#[test]
+fn oci_layout_from_umoci() {
+    oci_bundle_runs(&images().layout, "oci-layout");
+}
+
+#[test]
+fn docker_archive_from_skopeo() {
+    oci_bundle_runs(&images().docker, "docker-archive");
+}
+
+#[test]
+fn oci_archive_from_skopeo() {
+    oci_bundle_runs(&images().oci_archive, "oci-archive");
+}
+
+#[test]
+fn oci_ref_chooses_and_a_wrong_one_is_named() {
+    let t = Test::new("oci-ref");
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--oci").arg(&images().layout).arg("--oci-ref").arg("t").build(&out);
+    let m = inspect_json(&out);
+    assert_eq!(m["inputs"][0]["reference"], "t", "{m:#}");
+    let bad = t.dir.join("bad.sif");
+    Build::new().arg("--oci").arg(&images().docker).arg("--oci-ref").arg("nope").run(&bad).assert_bundle_error("app:t");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn entrypoint_option_replaces_the_image_command() {
+    let t = Test::new("oci-entrypoint");
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--oci").arg(&images().docker).entrypoint("/bin/echo").arg("--env").arg("GREETING=over").build(&out);
+    run(&mut t.app(&out, Mode::Extract, &["plain"])).assert_success().assert_stdout("plain\n");
+    assert_eq!(inspect_json(&out)["env"]["GREETING"], "over");
+}
+
+#[test]
+fn a_damaged_layer_is_refused() {
+    let t = Test::new("oci-damaged");
+    let layout = t.dir.join("layout");
+    ok(Command::new("cp").arg("-a").arg(&images().layout).arg(&layout));
+    // The biggest blob is the busybox layer: flip a byte in its middle.
+    let blobs = layout.join("blobs/sha256");
+    let biggest = fs::read_dir(&blobs).unwrap().map(|e| e.unwrap().path()).max_by_key(|p| p.metadata().unwrap().len());
+    let biggest = biggest.unwrap();
+    let mut bytes = fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&biggest, bytes).unwrap();
+    let out = t.dir.join("app.sif");
+    let res = Build::new().arg("--oci").arg(&layout).run(&out);
+    res.assert_bundle_error("layer");
+    assert!(!out.exists());
+}
+
+#[test]
+fn not_an_image_is_explained() {
+    let t = Test::new("oci-not-an-image");
+    let empty = t.dir.join("empty");
+    fs::create_dir(&empty).unwrap();
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--oci").arg(&empty).run(&out).assert_bundle_error("not an OCI image layout");
+    assert!(!out.exists());
+}
