@@ -107,7 +107,8 @@ impl<'t> HostInputs<'t> {
                 }
                 self.links.insert((meta.dev(), meta.ino()), dest.clone());
             }
-            Kind::File(Source::Host(src.to_path_buf()))
+            // Absolute: the closure reads it through a view rooted at `/`.
+            Kind::File(Source::Host(absolute(src)))
         } else {
             let what = if t.is_block_device() || t.is_char_device() {
                 "device node"

@@ -1,6 +1,7 @@
 //! `bundle`: packs an application into one self-executing file for HPC clusters.
 
 mod assemble;
+mod buildfile;
 mod closure;
 mod inputs;
 mod inspect;
@@ -27,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a bundle from RPM packages, directories, file lists and files.
+    /// Build a bundle from RPM packages, directories, file lists, files, OCI images or a
+    /// build file.
     Build(Box<BuildArgs>),
     /// Show a bundle's metadata.
     Inspect {
@@ -46,6 +48,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct BuildArgs {
+    /// A build file (TOML) naming the inputs and options; the command line overrides it.
+    #[arg(short = 'f', long = "build-file", value_name = "TOML")]
+    build_file: Option<PathBuf>,
     /// RPM packages whose files make up the image (several are merged; a path in two
     /// packages with different content is an error).
     #[arg(value_name = "RPM")]
@@ -71,7 +76,7 @@ struct BuildArgs {
     #[arg(long, value_name = "PATH")]
     oci: Option<PathBuf>,
     /// The image to take from --oci when it holds several (a name, tag or name:tag).
-    #[arg(long, value_name = "NAME", requires = "oci")]
+    #[arg(long, value_name = "NAME")]
     oci_ref: Option<String>,
     /// Do not add libraries, interpreters and plugins from the build host.
     #[arg(long, conflicts_with = "closure")]
@@ -88,21 +93,21 @@ struct BuildArgs {
     /// Free-form label stored in the metadata.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
-    /// zstd compression level (1-22).
-    #[arg(long, default_value_t = squashfs::Options::default().level, value_parser = clap::value_parser!(i32).range(1..=22))]
-    level: i32,
-    /// squashfs block size in bytes, a power of two from 4096 to 1048576.
-    #[arg(long, default_value_t = squashfs::Options::default().block_size)]
-    block_size: u32,
-    /// Compression threads (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    /// zstd compression level (1-22) [default: 15].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+    level: Option<i32>,
+    /// squashfs block size in bytes, a power of two from 4096 to 1048576 [default: 131072].
+    #[arg(long)]
+    block_size: Option<u32>,
+    /// Compression threads (0: all cores) [default: 0].
+    #[arg(long)]
+    threads: Option<usize>,
     /// Runtime stub to put at the head of the bundle.
     #[arg(long, value_name = "PATH")]
     stub: Option<PathBuf>,
     /// Output file.
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
 }
 
 fn main() {
@@ -125,27 +130,67 @@ fn main() {
 }
 
 fn build(a: Box<BuildArgs>) -> anyhow::Result<()> {
-    if !a.block_size.is_power_of_two() || !(4096..=1 << 20).contains(&a.block_size) {
-        anyhow::bail!("--block-size {} must be a power of two from 4096 to 1048576", a.block_size);
+    pipeline::build(&request(*a)?)
+}
+
+/// The command line over the build file: a list given on the command line replaces the
+/// file's, a single value wins, `--env`/`--label` override the file's keys one by one.
+fn request(a: BuildArgs) -> anyhow::Result<pipeline::BuildRequest> {
+    use anyhow::bail;
+    use buildfile::paths;
+    let f = match &a.build_file {
+        Some(p) => buildfile::load(p)?,
+        None => buildfile::BuildFile::default(),
+    };
+    if let Some(what) = [("sif", &f.sif), ("image", &f.image)].iter().find_map(|(k, v)| v.as_ref().map(|_| k)) {
+        bail!("`{what}` inputs are not supported yet");
     }
-    let image =
-        squashfs::Options { level: a.level, block_size: a.block_size, threads: a.threads, ..Default::default() };
-    pipeline::build(&pipeline::BuildRequest {
-        rpms: a.rpms,
-        dirs: a.dirs,
-        lists: a.lists,
-        files: a.files,
-        entrypoint: a.entrypoint,
-        env: a.env,
-        labels: a.labels,
-        image,
-        stub: a.stub,
-        output: a.output,
-        // An image is a whole root: the host's libraries would only shadow its own.
-        closure: a.closure || (!a.no_closure && a.oci.is_none()),
-        allow_missing: a.allow_missing,
-        includes: a.includes,
-        oci: a.oci,
-        oci_ref: a.oci_ref,
+    let either = |cli: Vec<PathBuf>, file: &[String]| if cli.is_empty() { paths(file) } else { cli };
+    let defaults = squashfs::Options::default();
+    let level = a.level.or(f.level).unwrap_or(defaults.level);
+    if !(1..=22).contains(&level) {
+        bail!("level {level} must be from 1 to 22");
+    }
+    let block_size = a.block_size.or(f.block_size).unwrap_or(defaults.block_size);
+    if !block_size.is_power_of_two() || !(4096..=1 << 20).contains(&block_size) {
+        bail!("--block-size {block_size} must be a power of two from 4096 to 1048576");
+    }
+    let threads = a.threads.or(f.threads).unwrap_or(0);
+    let oci = a.oci.or(f.oci.map(PathBuf::from));
+    let oci_ref = a.oci_ref.or(f.oci_ref);
+    if oci_ref.is_some() && oci.is_none() {
+        bail!("--oci-ref chooses an image of --oci, which is not given");
+    }
+    // An image is a whole root: the host's libraries would only shadow its own.
+    let closure = if a.no_closure {
+        false
+    } else if a.closure {
+        true
+    } else {
+        f.closure.unwrap_or(oci.is_none())
+    };
+    let Some(output) = a.output.or(f.output.map(PathBuf::from)) else {
+        bail!("no output file: give -o FILE (or `output` in the build file)");
+    };
+    let pairs = |file: &std::collections::BTreeMap<String, String>, cli: Vec<String>| {
+        file.iter().map(|(k, v)| format!("{k}={v}")).chain(cli).collect::<Vec<_>>()
+    };
+    Ok(pipeline::BuildRequest {
+        rpms: either(a.rpms, &f.rpm.0),
+        dirs: either(a.dirs, &f.dir.0),
+        lists: either(a.lists, &f.files.0),
+        files: if a.files.is_empty() { f.file.0 } else { a.files },
+        entrypoint: a.entrypoint.map(|e| vec![e]).or(f.entrypoint.map(|e| e.0)).filter(|e| !e.is_empty()),
+        env: pairs(&f.env, a.env),
+        labels: pairs(&f.labels, a.labels),
+        binds: f.binds,
+        image: squashfs::Options { level, block_size, threads, ..Default::default() },
+        stub: a.stub.or(f.stub.map(PathBuf::from)),
+        output,
+        closure,
+        allow_missing: a.allow_missing || f.allow_missing.unwrap_or(false),
+        includes: either(a.includes, &f.include.0),
+        oci,
+        oci_ref,
     })
 }

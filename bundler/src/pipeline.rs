@@ -23,9 +23,12 @@ pub struct BuildRequest {
     pub dirs: Vec<PathBuf>,
     pub lists: Vec<PathBuf>,
     pub files: Vec<String>,
-    pub entrypoint: Option<String>,
+    /// The program and its fixed leading arguments.
+    pub entrypoint: Option<Vec<String>>,
     pub env: Vec<String>,
     pub labels: Vec<String>,
+    /// Binds the runtime adds by default (`SRC[:DST[:ro]]`).
+    pub binds: Vec<String>,
     pub image: squashfs::Options,
     pub stub: Option<PathBuf>,
     pub output: PathBuf,
@@ -79,7 +82,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     // image's `Cmd` goes with its `Entrypoint`; `-e` replaces both, as `docker run
     // --entrypoint` does.
     let (entrypoint, args) = match (&req.entrypoint, image) {
-        (Some(e), _) => (e.clone(), Vec::new()),
+        (Some(e), _) => (e[0].clone(), e[1..].to_vec()),
         (None, Some(img)) if !img.command.is_empty() => (image_program(&tree, img)?, img.command[1..].to_vec()),
         _ => (default_entrypoint(&tree)?, Vec::new()),
     };
@@ -109,7 +112,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         },
         inputs: gathered.inputs,
         provided,
-        binds: Vec::new(),
+        binds: req.binds.clone(),
     };
     let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
     let mut opts = req.image.clone();
