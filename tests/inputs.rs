@@ -43,7 +43,8 @@ fn runs_in_both_modes(t: &Test, bundle: &Path, args: &[&str], stdout: &str) {
 
 /// What the image's command prints: its environment, working directory (the caller's:
 /// the runtime keeps it), and what the upper layers deleted.
-const SCRIPT: &str = r#"echo "greeting=$GREETING"; ls /opt/data; ls /etc | grep -e gone -e kept -e added; echo "args: $*""#;
+const SCRIPT: &str =
+    r#"echo "greeting=$GREETING"; ls /opt/data; ls /etc | grep -e gone -e kept -e added; echo "args: $*""#;
 const EXPECTED: &str = "greeting=hello\nfresh\nadded\nkept\nargs: one two\n";
 
 /// The image: busybox and the probe; a second layer (umoci unpack/repack) deletes
@@ -169,7 +170,13 @@ fn oci_ref_chooses_and_a_wrong_one_is_named() {
 fn entrypoint_option_replaces_the_image_command() {
     let t = Test::new("oci-entrypoint");
     let out = t.dir.join("app.sif");
-    Build::new().arg("--oci").arg(&images().docker).entrypoint("/bin/echo").arg("--env").arg("GREETING=over").build(&out);
+    Build::new()
+        .arg("--oci")
+        .arg(&images().docker)
+        .entrypoint("/bin/echo")
+        .arg("--env")
+        .arg("GREETING=over")
+        .build(&out);
     run(&mut t.app(&out, Mode::Extract, &["plain"])).assert_success().assert_stdout("plain\n");
     assert_eq!(inspect_json(&out)["env"]["GREETING"], "over");
 }
@@ -201,4 +208,125 @@ fn not_an_image_is_explained() {
     let out = t.dir.join("app.sif");
     Build::new().arg("--oci").arg(&empty).run(&out).assert_bundle_error("not an OCI image layout");
     assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// Build files
+
+/// `examples/hello-rpm/*.rpm`.
+fn example_rpms() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-rpm");
+    let mut rpms: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension() == Some(OsStr::new("rpm")))
+        .map(|p| p.display().to_string())
+        .collect();
+    rpms.sort();
+    rpms
+}
+
+#[test]
+fn build_file_with_every_key_and_the_command_line_over_it() {
+    let t = Test::new("buildfile");
+    let d = t.dir.path();
+    make_rootfs(&d.join("root"));
+    fs::write(d.join("note"), "from file\n").unwrap();
+    fs::write(d.join("listed"), "from list\n").unwrap();
+    fs::write(d.join("list"), "listed=/opt/listed\n").unwrap();
+    let toml = format!(
+        r#"# every key the command line has
+oci = "{layout}"
+oci_ref = "t"
+rpm = [{rpms}]
+dir = "root"
+files = "list"
+file = ["note=/opt/note"]
+include = "/usr/bin/env"
+entrypoint = ["/bin/sh", "-c", "cat /opt/note /opt/listed; echo $GREETING $FROM; /usr/libexec/hello-rpm/hello >/dev/null && echo rpm ok; echo $0"]
+output = "from-file.sif"
+level = 5
+block_size = 65536
+threads = 1
+stub = "{stub}"
+closure = true
+allow_missing = false
+binds = ["/tmp:/mnt"]
+[env]
+FROM = "buildfile"
+[labels]
+made = "by a build file"
+"#,
+        layout = images().layout.display(),
+        rpms = example_rpms().iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", "),
+        stub = stub_bin().display(),
+    );
+    let file = d.join("bundle.toml");
+    fs::write(&file, toml).unwrap();
+    // From another directory: paths are the file's. `-o` and `--level` override it.
+    let out = d.join("over.sif");
+    let mut c = Command::new(bundle_bin());
+    c.arg("build").arg("-f").arg(&file).arg("-o").arg(&out).arg("--level").arg("3").current_dir("/");
+    ok(&mut c);
+    assert!(!d.join("from-file.sif").exists());
+    run(&mut t.app(&out, Mode::Extract, &["arg"]))
+        .assert_success()
+        .assert_stdout("from file\nfrom list\nhello buildfile\nrpm ok\narg\n");
+    let m = inspect_json(&out);
+    assert_eq!(m["image"]["level"], 3, "{m:#}");
+    assert_eq!(m["image"]["block_size"], 65536, "{m:#}");
+    assert_eq!(m["labels"]["made"], "by a build file", "{m:#}");
+    assert_eq!(m["labels"]["org.example.kind"], "test", "{m:#}");
+    assert_eq!(m["binds"][0], "/tmp:/mnt", "{m:#}");
+    let kinds: Vec<&str> = m["inputs"].as_array().unwrap().iter().map(|i| i["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["oci", "rpm", "rpm", "dir", "files", "file"], "{m:#}");
+    assert!(m["provided"].as_array().unwrap().iter().any(|p| p["path"] == "/usr/bin/env"), "{m:#}");
+}
+
+#[test]
+fn build_file_unknown_key_is_named_with_its_line() {
+    let t = Test::new("buildfile-bad-key");
+    let file = t.dir.join("bundle.toml");
+    fs::write(&file, "dir = \"root\"\n\nentrypiont = \"/bin/sh\"\n").unwrap();
+    let out = t.dir.join("app.sif");
+    let res = Build::new().arg("-f").arg(&file).run(&out);
+    res.assert_bundle_error("bundle.toml:3: unknown field `entrypiont`");
+    assert!(!out.exists());
+}
+
+#[test]
+fn example_build_file_builds_and_runs() {
+    let t = Test::new("buildfile-example");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/buildfile/bundle.toml");
+    let out = t.dir.join("greet.sif");
+    Build::new().arg("-f").arg(&file).build(&out);
+    run(&mut t.app(&out, Mode::Extract, &["world"]))
+        .assert_success()
+        .assert_stdout("hello from a bundle built by bundle.toml (args: --from-build-file world)\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// File lists that follow links
+
+#[test]
+fn bin_sh_from_a_file_list_runs_on_merged_usr() {
+    let t = Test::new("list-bin-sh");
+    let list = t.dir.join("l");
+    fs::write(&list, "/bin/sh\n").unwrap();
+    let out = t.dir.join("sh.sif");
+    Build::new().arg("--files").arg(&list).entrypoint("/bin/sh").build(&out);
+    runs_in_both_modes(&t, &out, &["-c", "echo works"], "works\n");
+}
+
+#[test]
+fn a_file_option_link_brings_its_target() {
+    // `/usr/bin/python3` is a link to `python3.X` on Debian.
+    let t = Test::new("file-link");
+    let out = t.dir.join("py.sif");
+    Build::new().arg("--file").arg("/usr/bin/python3").build(&out);
+    let m = inspect_json(&out);
+    assert!(
+        m["provided"].as_array().unwrap().iter().any(|p| p["reason"].as_str().unwrap_or("").contains("target of /usr/bin/python3")),
+        "{m:#}"
+    );
 }

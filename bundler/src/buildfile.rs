@@ -106,7 +106,8 @@ impl BuildFile {
                 None => format!("{}=/{spec}", join(spec)),
             };
         }
-        for p in [&mut self.oci, &mut self.sif, &mut self.image, &mut self.output, &mut self.stub].into_iter().flatten() {
+        for p in [&mut self.oci, &mut self.sif, &mut self.image, &mut self.output, &mut self.stub].into_iter().flatten()
+        {
             *p = join(p);
         }
     }

@@ -51,6 +51,8 @@ struct Gathered {
     _staging: Vec<TempDir>,
     /// The config of an OCI image input.
     image: Option<oci::Image>,
+    /// Symlinks of file inputs at their own host paths, for the closure to follow.
+    links: Vec<ImagePath>,
 }
 
 /// Directories and files the runtime binds over; present in every image so that no
@@ -86,7 +88,7 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         (None, Some(img)) if !img.command.is_empty() => (image_program(&tree, img)?, img.command[1..].to_vec()),
         _ => (default_entrypoint(&tree)?, Vec::new()),
     };
-    let provided = if req.closure { add_closure(req, &mut tree, &entrypoint)? } else { Vec::new() };
+    let provided = if req.closure { add_closure(req, &mut tree, &entrypoint, &gathered.links)? } else { Vec::new() };
     add_mount_points(&mut tree, now)?;
     if let Some(t) = epoch {
         tree.set_all_mtimes(t);
@@ -196,7 +198,7 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<Gat
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
     }
-    Ok(Gathered { inputs, _staging: staging, image })
+    Ok(Gathered { inputs, _staging: staging, image, links: host.own_place_links })
 }
 
 fn add_oci(tree: &mut Tree, path: &Path, reference: Option<&str>) -> Result<(oci::Image, TempDir)> {
@@ -252,8 +254,14 @@ fn default_entrypoint(tree: &Tree) -> Result<String> {
 }
 
 /// Libraries, interpreters and plugins from the build host; returns what was added.
-fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<Vec<ProvidedFile>> {
+fn add_closure(
+    req: &BuildRequest,
+    tree: &mut Tree,
+    entrypoint: &str,
+    links: &[ImagePath],
+) -> Result<Vec<ProvidedFile>> {
     let opts = closure::Options {
+        links: links.to_vec(),
         allow_missing: req.allow_missing,
         includes: req.includes.clone(),
         entrypoint: Some(entrypoint.to_string()),

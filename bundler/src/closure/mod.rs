@@ -39,12 +39,23 @@ pub struct Options {
     pub includes: Vec<PathBuf>,
     /// The entrypoint: if it is a script, its interpreter is required wherever it lives.
     pub entrypoint: Option<String>,
+    /// Symlinks of the inputs at their own host paths: what they point to comes from the
+    /// host when the image does not have it.
+    pub links: Vec<ImagePath>,
 }
 
 #[derive(Debug)]
 pub struct Outcome {
     pub provided: Vec<ProvidedFile>,
     pub warnings: Vec<String>,
+}
+
+/// Makes the host directory `dir` exist in the image as on the host (symlinked parents
+/// as symlinks, where the image has no entry of its own); returns where it is.
+pub fn host_directory(tree: &mut Tree, dir: &Path) -> Result<ImagePath> {
+    let host = HostView { root: "/".into() };
+    let mut copier = Copier { host: &host, provided: Vec::new() };
+    copier.add(tree, dir, "a parent of an input")
 }
 
 /// Adds everything the tree's programs need from the build host.
@@ -54,6 +65,9 @@ pub fn complete(tree: &mut Tree, opts: &Options) -> Result<Outcome> {
     c.entrypoint = opts.entrypoint.clone();
     for inc in &opts.includes {
         c.include(inc)?;
+    }
+    for link in &opts.links {
+        c.link_target(link)?;
     }
     c.queue_tree_files();
     c.run()?;
@@ -129,6 +143,22 @@ impl<'t, 's> Closure<'t, 's> {
         self.copier
             .add_recursive(self.tree, &abs, "--include")
             .with_context(|| format!("--include {}", path.display()))?;
+        Ok(())
+    }
+
+    /// A link of the inputs that leads nowhere in the image: its target from the host,
+    /// link by link, as the host resolves it.
+    fn link_target(&mut self, link: &ImagePath) -> Result<()> {
+        if resolve(self.tree, link.as_path()).is_some() {
+            return Ok(());
+        }
+        let reason = format!("target of {} from the inputs", link.absolute());
+        let host = Path::new("/").join(link.as_path());
+        if !host.exists() {
+            self.warnings.push(format!("{} is a dangling symlink on the build host too", link.absolute()));
+            return Ok(());
+        }
+        self.copier.add_recursive(self.tree, &host, &reason).with_context(|| reason.clone())?;
         Ok(())
     }
 
@@ -431,7 +461,7 @@ mod tests {
     }
 
     fn opts(allow_missing: bool) -> Options {
-        Options { allow_missing, includes: Vec::new(), entrypoint: None }
+        Options { allow_missing, includes: Vec::new(), entrypoint: None, links: Vec::new() }
     }
 
     #[test]
