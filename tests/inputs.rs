@@ -326,7 +326,49 @@ fn a_file_option_link_brings_its_target() {
     Build::new().arg("--file").arg("/usr/bin/python3").build(&out);
     let m = inspect_json(&out);
     assert!(
-        m["provided"].as_array().unwrap().iter().any(|p| p["reason"].as_str().unwrap_or("").contains("target of /usr/bin/python3")),
+        m["provided"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["reason"].as_str().unwrap_or("").contains("target of /usr/bin/python3")),
         "{m:#}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Interpreters with their standard libraries
+
+fn script_bundle(t: &Test, name: &str, text: &str) -> PathBuf {
+    let script = t.dir.join(name);
+    fs::write(&script, text).unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let list = t.dir.join("list");
+    fs::write(&list, format!("{}=/usr/bin/{name}\n", script.display())).unwrap();
+    let out = t.dir.join(format!("{name}.sif"));
+    let res = Build::new().arg("--files").arg(&list).arg("--level").arg("1").run(&out);
+    res.assert_success();
+    assert!(res.stderr().contains("its standard library from the build host"), "{res}");
+    out
+}
+
+#[test]
+fn python_script_from_a_file_list_imports_json_and_sqlite3() {
+    require("/usr/bin/python3", "python3");
+    let t = Test::new("python-stdlib");
+    let text = "#!/usr/bin/python3\nimport json, sqlite3\n\
+                print(json.dumps({'sum': sqlite3.connect(':memory:').execute('select 1+1').fetchone()[0]}))\n";
+    let out = script_bundle(&t, "pyapp", text);
+    runs_in_both_modes(&t, &out, &[], "{\"sum\": 2}\n");
+}
+
+#[test]
+fn perl_script_from_a_file_list_uses_strict_and_posix() {
+    require("/usr/bin/perl", "perl");
+    let t = Test::new("perl-stdlib");
+    let text = "#!/usr/bin/perl\nuse strict;\nuse warnings;\nuse POSIX qw(floor);\nprint floor(2.7), \"\\n\";\n";
+    let out = script_bundle(&t, "plapp", text);
+    let mut c = t.app(&out, Mode::Extract, &[] as &[&str]);
+    // The image has no locales: keep perl from warning about the caller's.
+    c.env("LC_ALL", "C");
+    run(&mut c).assert_success().assert_stdout("2\n");
 }

@@ -271,6 +271,9 @@ fn add_closure(
     for w in &outcome.warnings {
         eprintln!("bundle: warning: {w}");
     }
+    for n in &outcome.notes {
+        eprintln!("bundle: closure: {n}");
+    }
     let bytes: u64 = outcome
         .provided
         .iter()
