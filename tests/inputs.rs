@@ -323,7 +323,7 @@ fn a_file_option_link_brings_its_target() {
     // `/usr/bin/python3` is a link to `python3.X` on Debian.
     let t = Test::new("file-link");
     let out = t.dir.join("py.sif");
-    Build::new().arg("--file").arg("/usr/bin/python3").build(&out);
+    Build::new().arg("--file").arg("/usr/bin/python3").arg("--level").arg("1").build(&out);
     let m = inspect_json(&out);
     assert!(
         m["provided"]
@@ -371,4 +371,112 @@ fn perl_script_from_a_file_list_uses_strict_and_posix() {
     // The image has no locales: keep perl from warning about the caller's.
     c.env("LC_ALL", "C");
     run(&mut c).assert_success().assert_stdout("2\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// SIF files and squashfs images
+
+/// An Apptainer-like root (busybox, a runscript, `%environment`, labels) as a gzip
+/// squashfs image made by mksquashfs.
+fn apptainer_squashfs(dir: &Path) -> PathBuf {
+    let root = dir.join("sif-root");
+    make_rootfs(&root);
+    let meta = root.join(".singularity.d");
+    fs::create_dir_all(meta.join("env")).unwrap();
+    fs::write(meta.join("runscript"), "#!/bin/sh\necho \"runscript: $GREETING $*\"\n").unwrap();
+    fs::set_permissions(meta.join("runscript"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::write(meta.join("env/90-environment.sh"), "export GREETING=from-environment\n").unwrap();
+    fs::write(meta.join("labels.json"), "{\"org.label-schema.name\": \"sif-test\"}").unwrap();
+    let image = dir.join("root.sqfs");
+    ok(Command::new("mksquashfs").arg(&root).arg(&image).args([
+        "-comp",
+        "gzip",
+        "-quiet",
+        "-noappend",
+        "-no-progress",
+    ]));
+    image
+}
+
+const DESCRIPTOR_LEN: usize = 585;
+
+/// A SIF file laid out as apptainer/sif's pkg/sif does: the 128-byte global header, a
+/// descriptor table at 4096 (a definition file, then the partition with file system
+/// type `fs` and partition type `part` in its "extra" bytes), then the objects.
+fn sif_file(partition: &[u8], fs_type: i32, part_type: i32) -> Vec<u8> {
+    let deffile = b"Bootstrap: scratch\n".to_vec();
+    let objects: [(i32, &[u8]); 2] = [(0x4001, &deffile), (0x4004, partition)];
+    let table_at = 4096usize;
+    let data_at = 32768usize;
+    let mut out = vec![0u8; data_at];
+    out[..31].copy_from_slice(b"#!/usr/bin/env run-singularity\n");
+    out[32..41].copy_from_slice(b"SIF_MAGIC");
+    out[42..44].copy_from_slice(b"01");
+    out[45..47].copy_from_slice(b"02");
+    let i64s = [(88, 48i64), (96, table_at as i64), (104, (2 * DESCRIPTOR_LEN) as i64), (112, data_at as i64)];
+    for (at, v) in i64s {
+        out[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    let mut at = data_at;
+    for (i, (kind, data)) in objects.iter().enumerate() {
+        let d = &mut out[table_at + i * DESCRIPTOR_LEN..][..DESCRIPTOR_LEN];
+        d[0..4].copy_from_slice(&kind.to_le_bytes());
+        d[4] = 1; // used
+        d[5..9].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+        d[17..25].copy_from_slice(&(at as i64).to_le_bytes());
+        d[25..33].copy_from_slice(&(data.len() as i64).to_le_bytes());
+        if *kind == 0x4004 {
+            d[201..205].copy_from_slice(&fs_type.to_le_bytes());
+            d[205..209].copy_from_slice(&part_type.to_le_bytes());
+            d[209..211].copy_from_slice(b"02");
+        }
+        at += data.len();
+    }
+    for (_, data) in objects {
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+#[test]
+fn sif_file_with_a_gzip_partition_runs_its_runscript() {
+    let t = Test::new("sif");
+    let image = apptainer_squashfs(t.dir.path());
+    let sif = t.dir.join("in.sif");
+    fs::write(&sif, sif_file(&fs::read(&image).unwrap(), 1, 2)).unwrap();
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--sif").arg(&sif).build(&out);
+    runs_in_both_modes(&t, &out, &["a", "b"], "runscript: from-environment a b\n");
+    let m = inspect_json(&out);
+    assert_eq!(m["labels"]["org.label-schema.name"], "sif-test", "{m:#}");
+    assert_eq!(m["image"]["compression"], "zstd", "{m:#}");
+    assert_eq!(m["inputs"][0]["kind"], "sif", "{m:#}");
+}
+
+#[test]
+fn plain_squashfs_image_becomes_the_root() {
+    let t = Test::new("sqfs");
+    let image = apptainer_squashfs(t.dir.path());
+    let out = t.dir.join("app.sif");
+    Build::new().arg("--image").arg(&image).build(&out);
+    run(&mut t.app(&out, Mode::Extract, &["x"])).assert_success().assert_stdout("runscript: from-environment x\n");
+}
+
+#[test]
+fn encrypted_corrupt_and_foreign_sif_files_are_explained() {
+    let t = Test::new("sif-bad");
+    let image = fs::read(apptainer_squashfs(t.dir.path())).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("encrypted", sif_file(&image, 5, 2), "encrypted"),
+        ("ext3", sif_file(&image, 2, 2), "not squashfs"),
+        ("damaged", sif_file(&image[..image.len() / 2], 1, 2), "squashfs"),
+        ("no-magic", b"#!/bin/sh\necho not a sif\n".repeat(10), "not a SIF file"),
+    ];
+    for (name, bytes, needle) in cases {
+        let sif = t.dir.join(format!("{name}.sif"));
+        fs::write(&sif, bytes).unwrap();
+        let out = t.dir.join(format!("{name}-out.sif"));
+        Build::new().arg("--sif").arg(&sif).run(&out).assert_bundle_error(needle);
+        assert!(!out.exists(), "{name}");
+    }
 }

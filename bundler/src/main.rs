@@ -1,5 +1,6 @@
 //! `bundle`: packs an application into one self-executing file for HPC clusters.
 
+mod apptainer;
 mod assemble;
 mod buildfile;
 mod closure;
@@ -9,9 +10,11 @@ mod oci;
 mod pipeline;
 mod progress;
 mod rpm;
+mod sif;
 mod squashfs;
 mod stub;
 mod tree;
+mod unsquash;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -73,15 +76,23 @@ struct BuildArgs {
     includes: Vec<PathBuf>,
     /// An OCI image layout directory, or an oci-archive or docker-archive tar (`docker
     /// save`, `podman save`), that becomes the image root.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["sif", "image"])]
     oci: Option<PathBuf>,
     /// The image to take from --oci when it holds several (a name, tag or name:tag).
     #[arg(long, value_name = "NAME")]
     oci_ref: Option<String>,
+    /// An Apptainer/Singularity SIF file: its primary squashfs partition becomes the
+    /// image root, its runscript the entrypoint (after its %environment), its labels kept.
+    #[arg(long, value_name = "FILE.sif", conflicts_with = "image")]
+    sif: Option<PathBuf>,
+    /// A squashfs image (any compression) that becomes the image root.
+    #[arg(long, value_name = "FILE.sqfs")]
+    image: Option<PathBuf>,
     /// Do not add libraries, interpreters and plugins from the build host.
     #[arg(long, conflicts_with = "closure")]
     no_closure: bool,
-    /// Add libraries from the build host even to an image (--oci), which is a whole root.
+    /// Add libraries from the build host even to an image (--oci, --sif, --image), which
+    /// is a whole root.
     #[arg(long)]
     closure: bool,
     /// Build even if some libraries cannot be found (they are listed in a warning).
@@ -142,9 +153,6 @@ fn request(a: BuildArgs) -> anyhow::Result<pipeline::BuildRequest> {
         Some(p) => buildfile::load(p)?,
         None => buildfile::BuildFile::default(),
     };
-    if let Some(what) = [("sif", &f.sif), ("image", &f.image)].iter().find_map(|(k, v)| v.as_ref().map(|_| k)) {
-        bail!("`{what}` inputs are not supported yet");
-    }
     let either = |cli: Vec<PathBuf>, file: &[String]| if cli.is_empty() { paths(file) } else { cli };
     let defaults = squashfs::Options::default();
     let level = a.level.or(f.level).unwrap_or(defaults.level);
@@ -158,6 +166,11 @@ fn request(a: BuildArgs) -> anyhow::Result<pipeline::BuildRequest> {
     let threads = a.threads.or(f.threads).unwrap_or(0);
     let oci = a.oci.or(f.oci.map(PathBuf::from));
     let oci_ref = a.oci_ref.or(f.oci_ref);
+    let sif = a.sif.or(f.sif.map(PathBuf::from));
+    let squashfs = a.image.or(f.image.map(PathBuf::from));
+    if [oci.is_some(), sif.is_some(), squashfs.is_some()].iter().filter(|x| **x).count() > 1 {
+        bail!("give one image root: --oci, --sif or --image");
+    }
     if oci_ref.is_some() && oci.is_none() {
         bail!("--oci-ref chooses an image of --oci, which is not given");
     }
@@ -167,7 +180,7 @@ fn request(a: BuildArgs) -> anyhow::Result<pipeline::BuildRequest> {
     } else if a.closure {
         true
     } else {
-        f.closure.unwrap_or(oci.is_none())
+        f.closure.unwrap_or(oci.is_none() && sif.is_none() && squashfs.is_none())
     };
     let Some(output) = a.output.or(f.output.map(PathBuf::from)) else {
         bail!("no output file: give -o FILE (or `output` in the build file)");
@@ -192,5 +205,7 @@ fn request(a: BuildArgs) -> anyhow::Result<pipeline::BuildRequest> {
         includes: either(a.includes, &f.include.0),
         oci,
         oci_ref,
+        sif,
+        squashfs,
     })
 }

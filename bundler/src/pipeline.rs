@@ -9,6 +9,7 @@ use crate::rpm::RpmInputs;
 use crate::squashfs;
 use crate::stub;
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
+use crate::{apptainer, sif, unsquash};
 use anyhow::{bail, Context, Result};
 use bundle_format::{ImageInfo, Input, Metadata, ProvidedFile};
 use sha2::{Digest, Sha256};
@@ -42,6 +43,10 @@ pub struct BuildRequest {
     pub oci: Option<PathBuf>,
     /// Which image of `oci`, when it holds several (`--oci-ref`).
     pub oci_ref: Option<String>,
+    /// An Apptainer/Singularity SIF file whose primary partition becomes the image root.
+    pub sif: Option<PathBuf>,
+    /// A squashfs image that becomes the image root.
+    pub squashfs: Option<PathBuf>,
 }
 
 /// What the inputs gave, besides the tree.
@@ -152,6 +157,17 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<Gat
         staging.push(dir);
         image = Some(img);
     }
+    for (path, is_sif) in req.sif.iter().map(|p| (p, true)).chain(req.squashfs.iter().map(|p| (p, false))) {
+        let (img, dir) = add_squashfs(tree, path, is_sif)?;
+        inputs.push(Input {
+            kind: if is_sif { "sif" } else { "image" }.into(),
+            path: recorded(path, reproducible, true),
+            sha256: Some(file_sha256(path)?),
+            ..Default::default()
+        });
+        staging.push(dir);
+        image = Some(img);
+    }
     if !req.rpms.is_empty() {
         let mut rpms = RpmInputs::new(tree)?;
         for r in &req.rpms {
@@ -216,6 +232,26 @@ fn add_oci(tree: &mut Tree, path: &Path, reference: Option<&str>) -> Result<(oci
         eprintln!("bundle: warning: skipped {} device nodes and FIFOs of the image", img.skipped_devices);
     }
     Ok((img, staging))
+}
+
+/// A SIF file's primary partition or a plain squashfs image, with what its
+/// `/.singularity.d` says.
+fn add_squashfs(tree: &mut Tree, path: &Path, is_sif: bool) -> Result<(oci::Image, TempDir)> {
+    let flag = if is_sif { "--sif" } else { "--image" };
+    let staging =
+        tempfile::Builder::new().prefix("bundle-sqfs-").tempdir().context("cannot create a staging directory")?;
+    let (offset, labels) = if is_sif {
+        let s = sif::open(path).with_context(|| format!("{flag} {}", path.display()))?;
+        (s.offset, s.labels)
+    } else {
+        (0, None)
+    };
+    let skipped =
+        unsquash::add(tree, path, offset, staging.path()).with_context(|| format!("{flag} {}", path.display()))?;
+    if skipped > 0 {
+        eprintln!("bundle: warning: skipped {skipped} device nodes, FIFOs and sockets of {}", path.display());
+    }
+    Ok((apptainer::config(tree, labels.as_deref()), staging))
 }
 
 /// The program an image's `Entrypoint`/`Cmd` names: a bare name is looked up in the
