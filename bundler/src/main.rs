@@ -9,6 +9,7 @@ mod inspect;
 mod oci;
 mod pipeline;
 mod progress;
+mod restub;
 mod rpm;
 mod sif;
 mod squashfs;
@@ -16,7 +17,7 @@ mod stub;
 mod tree;
 mod unsquash;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exit status for every error of ours, as the runtime uses (and Apptainer does).
@@ -47,6 +48,18 @@ enum Command {
     List { bundle: PathBuf },
     /// Unpack the image into DIR (new or empty).
     Extract { bundle: PathBuf, dir: PathBuf },
+    /// Put another runtime stub at the head of a bundle; the image and metadata (and their
+    /// digests) stay as they are.
+    Restub {
+        bundle: PathBuf,
+        /// The new runtime stub (default: found as `bundle build` finds it).
+        #[arg(long, value_name = "PATH")]
+        stub: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `bundle completions bash > /etc/bash_completion.d/bundle`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) of bundle or of one subcommand: `bundle man build | man -l -`.
+    Man { subcommand: Option<String> },
 }
 
 #[derive(clap::Args)]
@@ -133,11 +146,37 @@ fn main() {
         Command::Verify { bundle } => inspect::verify(&bundle),
         Command::List { bundle } => inspect::list(&bundle),
         Command::Extract { bundle, dir } => inspect::extract(&bundle, &dir),
+        Command::Restub { bundle, stub } => restub::restub(&bundle, stub.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bundle", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { subcommand } => man(subcommand.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("bundle: error: {e:#}");
         std::process::exit(EXIT_ERROR);
     }
+}
+
+/// The page of `bundle` (with its subcommands listed), or `bundle-SUBCOMMAND`'s.
+fn man(subcommand: Option<&str>) -> anyhow::Result<()> {
+    let cmd = Cli::command();
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => {
+            let Some(sub) = cmd.find_subcommand(name) else {
+                anyhow::bail!("no subcommand {name}; try one of: {}", subcommand_names(&cmd));
+            };
+            sub.clone().name(format!("bundle-{name}"))
+        }
+    };
+    clap_mangen::Man::new(page).render(&mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+fn subcommand_names(cmd: &clap::Command) -> String {
+    cmd.get_subcommands().map(|s| s.get_name().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn build(a: Box<BuildArgs>) -> anyhow::Result<()> {
