@@ -50,7 +50,7 @@ fn from_layout(blobs: &Blobs, reference: Option<&str>) -> Result<Chosen> {
     let reference = reference.map(str::to_string).or_else(|| names(desc).into_iter().next());
     let (manifest, digest) = resolve_manifest(blobs, desc, 0)?;
     let config = checked_blob(blobs, manifest.config())?;
-    let layers = manifest.layers().iter().map(|l| Blobs::blob_name(&l.digest().to_string())).collect::<Result<_>>()?;
+    let layers = manifest.layers().iter().map(|l| Blobs::blob_name(l.digest().as_ref())).collect::<Result<_>>()?;
     Ok(Chosen { config, layers, digest, reference })
 }
 
