@@ -16,12 +16,15 @@ pub struct HostInputs<'t> {
     tree: &'t mut Tree,
     /// (device, inode) of multiply-linked files already added → their image path.
     links: HashMap<(u64, u64), ImagePath>,
+    /// Symlinks put at their own host path (a file list's `/bin/sh`): the closure brings
+    /// their targets from the host when the inputs do not have them.
+    pub own_place_links: Vec<ImagePath>,
     pub warnings: Vec<String>,
 }
 
 impl<'t> HostInputs<'t> {
     pub fn new(tree: &'t mut Tree) -> Self {
-        HostInputs { tree, links: HashMap::new(), warnings: Vec::new() }
+        HostInputs { tree, links: HashMap::new(), own_place_links: Vec::new(), warnings: Vec::new() }
     }
 
     /// The whole tree under `root` becomes the image root.
@@ -30,7 +33,7 @@ impl<'t> HostInputs<'t> {
         if !meta.is_dir() {
             bail!("{} is not a directory", root.display());
         }
-        self.add_path(root, &ImagePath::root())
+        self.add_path(root, &ImagePath::root(), false)
     }
 
     /// A file list: one `SRC` or `SRC=DEST` a line; blank lines and `#` comments are
@@ -52,25 +55,44 @@ impl<'t> HostInputs<'t> {
     }
 
     fn add_spec(&mut self, src: &Path, dest: Option<&str>) -> Result<()> {
+        let own_place = dest.is_none();
         let dest = match dest {
-            Some(d) => d.to_string(),
-            None if src.is_absolute() => src.to_string_lossy().into_owned(),
+            Some(d) => ImagePath::new(d).map_err(anyhow::Error::msg)?,
+            // At its own place: the host's symlinked parents come too (on merged-/usr,
+            // `/bin/sh` is `/bin -> usr/bin` and `usr/bin/sh`), so that every path to it
+            // resolves in the image as on the host.
+            None if src.is_absolute() => self.own_place(src)?,
             None => bail!("{}: a relative source needs a destination (SRC=DEST)", src.display()),
         };
-        let dest = ImagePath::new(&dest).map_err(anyhow::Error::msg)?;
         if dest.is_root() && !src.is_dir() {
             bail!("{}: only a directory can become the image root", src.display());
         }
-        self.add_path(src, &dest)
+        self.add_path(src, &dest, own_place)
+    }
+
+    /// Where a host path lands when put at its own place: its parent directory as the
+    /// host has it, symlinks included (where the image already has a parent, the
+    /// image's wins).
+    fn own_place(&mut self, src: &Path) -> Result<ImagePath> {
+        let at = ImagePath::new(src).map_err(anyhow::Error::msg)?;
+        let (Some(parent), Some(name)) = (src.parent(), at.file_name()) else {
+            return Ok(at);
+        };
+        let dir = crate::closure::host_directory(self.tree, parent)?;
+        dir.join(name).map_err(anyhow::Error::msg)
     }
 
     /// Adds `src` (recursively if it is a directory, not following symlinks) at `dest`.
-    fn add_path(&mut self, src: &Path, dest: &ImagePath) -> Result<()> {
+    /// `own_place`: `dest` is `src`'s own host path.
+    fn add_path(&mut self, src: &Path, dest: &ImagePath, own_place: bool) -> Result<()> {
         let meta = fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
         let Some(kind) = self.kind_of(src, &meta, dest)? else {
             return Ok(());
         };
         let is_dir = kind == Kind::Dir;
+        if own_place && matches!(kind, Kind::Symlink(_)) {
+            self.own_place_links.push(dest.clone());
+        }
         let entry = Entry { kind, mode: meta.mode() & 0o7777, uid: 0, gid: 0, mtime: clamp_time(meta.mtime()) };
         self.tree.insert(dest.clone(), entry).map_err(anyhow::Error::msg)?;
         if is_dir {
@@ -82,7 +104,7 @@ impl<'t> HostInputs<'t> {
             names.sort();
             for name in names {
                 let child = dest.join(&name).map_err(anyhow::Error::msg)?;
-                self.add_path(&src.join(&name), &child)?;
+                self.add_path(&src.join(&name), &child, own_place)?;
             }
         }
         Ok(())
@@ -103,7 +125,8 @@ impl<'t> HostInputs<'t> {
                 }
                 self.links.insert((meta.dev(), meta.ino()), dest.clone());
             }
-            Kind::File(Source::Host(src.to_path_buf()))
+            // Absolute: the closure reads it through a view rooted at `/`.
+            Kind::File(Source::Host(absolute(src)))
         } else {
             let what = if t.is_block_device() || t.is_char_device() {
                 "device node"

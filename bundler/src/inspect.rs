@@ -21,7 +21,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
     let t = &b.trailer;
     println!("bundle:      {}", path.display());
     println!("format:      version {}, built by {}", t.version, m.bundler);
-    println!("created:     {} (seconds since the epoch)", m.created);
+    println!("created:     {} ({} seconds since the epoch)", utc_date(m.created), m.created);
     println!("entrypoint:  {}", if m.entrypoint.is_empty() { "(none)".into() } else { m.entrypoint.join(" ") });
     println!(
         "image:       {} at offset {}, {} entries, {} level {}, {} KiB blocks",
@@ -42,7 +42,12 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
     for i in &m.inputs {
         let id = i.nevra.as_deref().unwrap_or(&i.path);
         let sha = i.sha256.as_deref().map(|s| format!(" sha256:{s}")).unwrap_or_default();
-        println!("input:       {} {id}{sha}", i.kind);
+        let name = i.reference.as_deref().map(|r| format!(" {r}")).unwrap_or_default();
+        let digest = i.digest.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        println!("input:       {} {id}{name}{digest}{sha}", i.kind);
+    }
+    if let Some(w) = &m.workdir {
+        println!("workdir:     {w} (the image's; the application starts in the caller's directory)");
     }
     for p in &m.provided {
         println!(
@@ -53,6 +58,23 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `2026-12-01 21:55:03 UTC`: seconds since the epoch as a UTC date and time, by the
+/// civil-from-days algorithm (H. Hinnant), to need no date crate for one line.
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 pub fn verify(path: &Path) -> Result<()> {
@@ -162,7 +184,7 @@ fn rwx(mode: u16) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
 
     #[test]
     fn names_are_escaped_as_ls_b_does() {
@@ -175,5 +197,13 @@ mod tests {
         assert_eq!(escape("caf\u{e9} \u{4e2d}".as_bytes()), "caf\u{e9} \u{4e2d}");
         // A C1 control (U+009B, CSI) is two bytes of UTF-8, both escaped.
         assert_eq!(escape("x\u{9b}y".as_bytes()), "x\\302\\233y");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date(1_796_162_808), "2026-12-01 22:06:48 UTC");
+        assert_eq!(utc_date(4_102_444_799), "2099-12-31 23:59:59 UTC");
     }
 }

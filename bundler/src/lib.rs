@@ -6,14 +6,20 @@
 // tree always holds its root.
 #![allow(clippy::len_without_is_empty)]
 
+pub mod apptainer;
 pub mod assemble;
+pub mod buildfile;
 pub mod cleanup;
 pub mod closure;
 pub mod inputs;
 pub mod inspect;
+pub mod oci;
 pub mod pipeline;
 pub mod progress;
+pub mod restub;
 pub mod rpm;
+pub mod sif;
 pub mod squashfs;
 pub mod stub;
 pub mod tree;
+pub mod unsquash;

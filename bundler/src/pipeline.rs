@@ -3,11 +3,13 @@
 use crate::assemble;
 use crate::closure;
 use crate::inputs::{absolute, HostInputs};
+use crate::oci;
 use crate::progress::Progress;
 use crate::rpm::RpmInputs;
 use crate::squashfs;
 use crate::stub;
 use crate::tree::{Entry, ImagePath, Kind, Source, Tree};
+use crate::{apptainer, sif, unsquash};
 use anyhow::{bail, Context, Result};
 use bundle_format::{ImageInfo, Input, Metadata, ProvidedFile};
 use sha2::{Digest, Sha256};
@@ -22,9 +24,12 @@ pub struct BuildRequest {
     pub dirs: Vec<PathBuf>,
     pub lists: Vec<PathBuf>,
     pub files: Vec<String>,
-    pub entrypoint: Option<String>,
+    /// The program and its fixed leading arguments.
+    pub entrypoint: Option<Vec<String>>,
     pub env: Vec<String>,
     pub labels: Vec<String>,
+    /// Binds the runtime adds by default (`SRC[:DST[:ro]]`).
+    pub binds: Vec<String>,
     pub image: squashfs::Options,
     pub stub: Option<PathBuf>,
     pub output: PathBuf,
@@ -34,6 +39,25 @@ pub struct BuildRequest {
     pub allow_missing: bool,
     /// Host paths added with their closure (`--include`).
     pub includes: Vec<PathBuf>,
+    /// An OCI image layout or docker/oci archive that becomes the image root.
+    pub oci: Option<PathBuf>,
+    /// Which image of `oci`, when it holds several (`--oci-ref`).
+    pub oci_ref: Option<String>,
+    /// An Apptainer/Singularity SIF file whose primary partition becomes the image root.
+    pub sif: Option<PathBuf>,
+    /// A squashfs image that becomes the image root.
+    pub squashfs: Option<PathBuf>,
+}
+
+/// What the inputs gave, besides the tree.
+struct Gathered {
+    inputs: Vec<Input>,
+    /// Staged contents of RPMs and image layers: must outlive the image writing.
+    _staging: Vec<TempDir>,
+    /// The config of an OCI image input.
+    image: Option<oci::Image>,
+    /// Symlinks of file inputs at their own host paths, for the closure to follow.
+    links: Vec<ImagePath>,
 }
 
 /// Directories and files the runtime binds over; present in every image so that no
@@ -56,26 +80,35 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32)
     });
     let mut tree = Tree::new(now);
-    // The RPMs' staged contents must outlive the image writing: dropped at the end.
-    let (inputs, _staging) = gather(req, &mut tree, epoch.is_some())?;
+    let gathered = gather(req, &mut tree, epoch.is_some())?;
     if tree.len() <= 1 && req.includes.is_empty() {
-        bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files) or files (--file)");
+        bail!("nothing to bundle: give RPM packages, a directory (--dir), a file list (--files), files (--file) or an image (--oci)");
     }
-    // Chosen from the inputs alone: what the closure adds is never a candidate.
-    let entrypoint = match &req.entrypoint {
-        Some(e) => e.clone(),
-        None => default_entrypoint(&tree)?,
+    let image = gathered.image.as_ref();
+    // Chosen from the inputs alone: what the closure adds is never a candidate. An
+    // image's `Cmd` goes with its `Entrypoint`; `-e` replaces both, as `docker run
+    // --entrypoint` does.
+    let (entrypoint, args) = match (&req.entrypoint, image) {
+        (Some(e), _) => (e[0].clone(), e[1..].to_vec()),
+        (None, Some(img)) if !img.command.is_empty() => (image_program(&tree, img)?, img.command[1..].to_vec()),
+        _ => (default_entrypoint(&tree)?, Vec::new()),
     };
-    let provided = if req.closure { add_closure(req, &mut tree, &entrypoint)? } else { Vec::new() };
+    let provided = if req.closure { add_closure(req, &mut tree, &entrypoint, &gathered.links)? } else { Vec::new() };
     add_mount_points(&mut tree, now)?;
     if let Some(t) = epoch {
         tree.set_all_mtimes(t);
     }
-    let entrypoint = vec![check_entrypoint(&tree, &entrypoint)?];
+    let entrypoint = std::iter::once(check_entrypoint(&tree, &entrypoint)?).chain(args).collect();
+    // The image's settings first, the command line's over them.
+    let mut env: BTreeMap<String, String> = image.map(|i| i.env.iter().cloned().collect()).unwrap_or_default();
+    env.extend(parse_pairs(&req.env, "--env")?);
+    let mut labels = image.map(|i| i.labels.clone()).unwrap_or_default();
+    labels.extend(parse_pairs(&req.labels, "--label")?);
     let metadata = Metadata {
         entrypoint,
-        env: parse_pairs(&req.env, "--env")?,
-        labels: parse_pairs(&req.labels, "--label")?,
+        env,
+        labels,
+        workdir: image.and_then(|i| i.workdir.clone()),
         created: now as u64,
         bundler: format!("bundle {}", env!("CARGO_PKG_VERSION")),
         image: ImageInfo {
@@ -84,9 +117,9 @@ pub fn build(req: &BuildRequest) -> Result<()> {
             block_size: req.image.block_size,
             entries: tree.len() as u64,
         },
-        inputs,
+        inputs: gathered.inputs,
         provided,
-        binds: Vec::new(),
+        binds: req.binds.clone(),
     };
     let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
     let mut opts = req.image.clone();
@@ -106,14 +139,36 @@ pub fn build(req: &BuildRequest) -> Result<()> {
     Ok(())
 }
 
-/// Adds every input to the tree. RPMs go first, so that `--dir`, `--files` and `--file`
-/// can override a packaged file. Returns the provenance records and, when there are RPMs,
-/// the staging directory holding their extracted contents.
-fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Vec<Input>, Option<TempDir>)> {
+/// Adds every input to the tree. An image goes first (it is a whole root), then RPMs, so
+/// that `--dir`, `--files` and `--file` can override a packaged file.
+fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<Gathered> {
     let mut inputs = Vec::new();
-    let staging = if req.rpms.is_empty() {
-        None
-    } else {
+    let mut staging = Vec::new();
+    let mut image = None;
+    if let Some(path) = &req.oci {
+        let (img, dir) = add_oci(tree, path, req.oci_ref.as_deref())?;
+        inputs.push(Input {
+            kind: "oci".into(),
+            path: recorded(path, reproducible, path.is_file()),
+            digest: Some(img.digest.clone()),
+            reference: img.reference.clone(),
+            ..Default::default()
+        });
+        staging.push(dir);
+        image = Some(img);
+    }
+    for (path, is_sif) in req.sif.iter().map(|p| (p, true)).chain(req.squashfs.iter().map(|p| (p, false))) {
+        let (img, dir) = add_squashfs(tree, path, is_sif)?;
+        inputs.push(Input {
+            kind: if is_sif { "sif" } else { "image" }.into(),
+            path: recorded(path, reproducible, true),
+            sha256: Some(file_sha256(path)?),
+            ..Default::default()
+        });
+        staging.push(dir);
+        image = Some(img);
+    }
+    if !req.rpms.is_empty() {
         let mut rpms = RpmInputs::new(tree)?;
         for r in &req.rpms {
             inputs.push(rpms.add(r)?);
@@ -121,12 +176,18 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Ve
         for w in &rpms.warnings {
             eprintln!("bundle: warning: {w}");
         }
-        Some(rpms.into_staging())
-    };
+        staging.push(rpms.into_staging());
+    }
     let mut host = HostInputs::new(tree);
     for d in &req.dirs {
         host.add_root_dir(d)?;
-        inputs.push(Input { kind: "dir".into(), path: recorded(d, reproducible, false), nevra: None, sha256: None });
+        inputs.push(Input {
+            kind: "dir".into(),
+            path: recorded(d, reproducible, false),
+            nevra: None,
+            sha256: None,
+            ..Default::default()
+        });
     }
     for l in &req.lists {
         host.add_list(l)?;
@@ -135,19 +196,88 @@ fn gather(req: &BuildRequest, tree: &mut Tree, reproducible: bool) -> Result<(Ve
             path: recorded(l, reproducible, true),
             nevra: None,
             sha256: Some(file_sha256(l)?),
+            ..Default::default()
         });
     }
     for f in &req.files {
         host.add_file_spec(f)?;
         let src = Path::new(f.split_once('=').map_or(f.as_str(), |(s, _)| s));
         let sha256 = if src.is_file() { Some(file_sha256(src)?) } else { None };
-        inputs.push(Input { kind: "file".into(), path: recorded(src, reproducible, true), nevra: None, sha256 });
+        inputs.push(Input {
+            kind: "file".into(),
+            path: recorded(src, reproducible, true),
+            nevra: None,
+            sha256,
+            ..Default::default()
+        });
     }
     for w in &host.warnings {
         eprintln!("bundle: warning: {w}");
     }
-    Ok((inputs, staging))
+    Ok(Gathered { inputs, _staging: staging, image, links: host.own_place_links })
 }
+
+fn add_oci(tree: &mut Tree, path: &Path, reference: Option<&str>) -> Result<(oci::Image, TempDir)> {
+    let staging =
+        tempfile::Builder::new().prefix("bundle-oci-").tempdir().context("cannot create a staging directory")?;
+    let img = oci::add(tree, path, reference, staging.path()).with_context(|| format!("--oci {}", path.display()))?;
+    eprintln!(
+        "bundle: oci: {} {}: {} layers, command {:?}",
+        img.reference.as_deref().unwrap_or("(unnamed)"),
+        img.digest,
+        img.layers,
+        img.command
+    );
+    if img.skipped_devices > 0 {
+        eprintln!("bundle: warning: skipped {} device nodes and FIFOs of the image", img.skipped_devices);
+    }
+    Ok((img, staging))
+}
+
+/// A SIF file's primary partition or a plain squashfs image, with what its
+/// `/.singularity.d` says.
+fn add_squashfs(tree: &mut Tree, path: &Path, is_sif: bool) -> Result<(oci::Image, TempDir)> {
+    let flag = if is_sif { "--sif" } else { "--image" };
+    let staging =
+        tempfile::Builder::new().prefix("bundle-sqfs-").tempdir().context("cannot create a staging directory")?;
+    let (offset, labels) = if is_sif {
+        let s = sif::open(path).with_context(|| format!("{flag} {}", path.display()))?;
+        (s.offset, s.labels)
+    } else {
+        (0, None)
+    };
+    let skipped =
+        unsquash::add(tree, path, offset, staging.path()).with_context(|| format!("{flag} {}", path.display()))?;
+    if skipped > 0 {
+        eprintln!("bundle: warning: skipped {skipped} device nodes, FIFOs and sockets of {}", path.display());
+    }
+    Ok((apptainer::config(tree, labels.as_deref()), staging))
+}
+
+/// The program an image's `Entrypoint`/`Cmd` names: a bare name is looked up in the
+/// image's own `PATH`, as a container engine does.
+fn image_program(tree: &Tree, img: &oci::Image) -> Result<String> {
+    let name = &img.command[0];
+    if name.starts_with('/') {
+        return Ok(name.clone());
+    }
+    if name.contains('/') {
+        let dir = img.workdir.as_deref().unwrap_or("/");
+        return Ok(Path::new(dir).join(name).display().to_string());
+    }
+    let path = img.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    for dir in path.split(':').filter(|d| d.starts_with('/')) {
+        let candidate = Path::new(dir).join(name);
+        let found = closure::resolve(tree, &candidate).and_then(|p| tree.get(&p).cloned());
+        if found.is_some_and(|e| matches!(e.kind, Kind::File(_)) && e.mode & 0o111 != 0) {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    bail!("the image's command {name} is not in its PATH ({path}); give the program with -e PATH")
+}
+
+/// What container engines use when an image sets no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// With no `-e`: the one executable in a `bin` or `sbin` directory of the inputs.
 fn default_entrypoint(tree: &Tree) -> Result<String> {
@@ -160,8 +290,14 @@ fn default_entrypoint(tree: &Tree) -> Result<String> {
 }
 
 /// Libraries, interpreters and plugins from the build host; returns what was added.
-fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<Vec<ProvidedFile>> {
+fn add_closure(
+    req: &BuildRequest,
+    tree: &mut Tree,
+    entrypoint: &str,
+    links: &[ImagePath],
+) -> Result<Vec<ProvidedFile>> {
     let opts = closure::Options {
+        links: links.to_vec(),
         allow_missing: req.allow_missing,
         includes: req.includes.clone(),
         entrypoint: Some(entrypoint.to_string()),
@@ -170,6 +306,9 @@ fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<
     let outcome = closure::complete(tree, &opts)?;
     for w in &outcome.warnings {
         eprintln!("bundle: warning: {w}");
+    }
+    for n in &outcome.notes {
+        eprintln!("bundle: closure: {n}");
     }
     let bytes: u64 = outcome
         .provided

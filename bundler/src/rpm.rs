@@ -161,6 +161,7 @@ impl<'t> RpmInputs<'t> {
             path: file_name.to_string_lossy().into_owned(),
             nevra: Some(nevra),
             sha256: Some(sha256),
+            ..Default::default()
         })
     }
 

@@ -162,6 +162,23 @@ impl Tree {
             .filter(move |(p, _)| p.parent().as_ref() == Some(dir))
     }
 
+    /// Everything below `dir` (not `dir` itself), in path order.
+    pub fn descendants(&self, dir: &ImagePath) -> Vec<ImagePath> {
+        self.entries
+            .range(dir.clone()..)
+            .skip(1)
+            .take_while(|(p, _)| dir.is_root() || p.as_path().starts_with(dir.as_path()))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Removes one entry (an image layer's whiteout); the caller removes what is below it.
+    pub fn remove(&mut self, path: &ImagePath) {
+        if !path.is_root() {
+            self.entries.remove(path);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -24,6 +24,10 @@ pub struct Metadata {
     pub provided: Vec<ProvidedFile>,
     /// Binds the runtime adds by default, as `SRC[:DST[:ro]]`.
     pub binds: Vec<String>,
+    /// The working directory an OCI image's config names, kept for the record: the
+    /// runtime starts the application in the caller's directory, as HPC jobs expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,9 +40,9 @@ pub struct ImageInfo {
     pub entries: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Input {
-    /// `dir`, `files`, `file` or `rpm`.
+    /// `dir`, `files`, `file`, `rpm`, `oci`, `sif` or `image`.
     pub kind: String,
     /// The path given on the command line.
     pub path: String,
@@ -48,6 +52,13 @@ pub struct Input {
     /// sha256 of the input file (absent for directories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The image's own digest, `sha256:…`: of its manifest for an OCI image (what a
+    /// registry names it by), of its config (the image id) for a docker archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The name the image was chosen by (`--oci-ref`) or its only name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@
 mod companions;
 mod copy;
 pub mod elf;
+mod interpreters;
 mod ldconfig;
 mod script;
 mod search;
@@ -39,12 +40,25 @@ pub struct Options {
     pub includes: Vec<PathBuf>,
     /// The entrypoint: if it is a script, its interpreter is required wherever it lives.
     pub entrypoint: Option<String>,
+    /// Symlinks of the inputs at their own host paths: what they point to comes from the
+    /// host when the image does not have it.
+    pub links: Vec<ImagePath>,
 }
 
 #[derive(Debug)]
 pub struct Outcome {
     pub provided: Vec<ProvidedFile>,
     pub warnings: Vec<String>,
+    /// What was done that no input asked for by name (an interpreter's library).
+    pub notes: Vec<String>,
+}
+
+/// Makes the host directory `dir` exist in the image as on the host (symlinked parents
+/// as symlinks, where the image has no entry of its own); returns where it is.
+pub fn host_directory(tree: &mut Tree, dir: &Path) -> Result<ImagePath> {
+    let host = HostView { root: "/".into() };
+    let mut copier = Copier { host: &host, provided: Vec::new() };
+    copier.add(tree, dir, "a parent of an input")
 }
 
 /// Adds everything the tree's programs need from the build host.
@@ -54,6 +68,9 @@ pub fn complete(tree: &mut Tree, opts: &Options) -> Result<Outcome> {
     c.entrypoint = opts.entrypoint.clone();
     for inc in &opts.includes {
         c.include(inc)?;
+    }
+    for link in &opts.links {
+        c.link_target(link)?;
     }
     c.queue_tree_files();
     c.run()?;
@@ -104,6 +121,7 @@ struct Closure<'t, 's> {
     /// The ELF ABIs of dynamically linked files, for the generated ld.so.cache.
     abis: Vec<Abi>,
     warnings: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl<'t, 's> Closure<'t, 's> {
@@ -120,6 +138,7 @@ impl<'t, 's> Closure<'t, 's> {
             entrypoint: None,
             abis: Vec::new(),
             warnings: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -129,6 +148,22 @@ impl<'t, 's> Closure<'t, 's> {
         self.copier
             .add_recursive(self.tree, &abs, "--include")
             .with_context(|| format!("--include {}", path.display()))?;
+        Ok(())
+    }
+
+    /// A link of the inputs that leads nowhere in the image: its target from the host,
+    /// link by link, as the host resolves it.
+    fn link_target(&mut self, link: &ImagePath) -> Result<()> {
+        if resolve(self.tree, link.as_path()).is_some() {
+            return Ok(());
+        }
+        let reason = format!("target of {} from the inputs", link.absolute());
+        let host = Path::new("/").join(link.as_path());
+        if !host.exists() {
+            self.warnings.push(format!("{} is a dangling symlink on the build host too", link.absolute()));
+            return Ok(());
+        }
+        self.copier.add_recursive(self.tree, &host, &reason).with_context(|| reason.clone())?;
         Ok(())
     }
 
@@ -164,7 +199,10 @@ impl<'t, 's> Closure<'t, 's> {
         if head.starts_with(elf::MAGIC) {
             let bytes = view.read(Path::new(&abs)).unwrap_or_default();
             match ElfInfo::parse(&bytes) {
-                Ok(Some(info)) => self.elf(job, &info)?,
+                Ok(Some(info)) => {
+                    self.elf(job, &info)?;
+                    self.interpreter_library(job)?;
+                }
                 Ok(None) => {}
                 Err(e) => self.warnings.push(format!("{abs}: {e}; its libraries are not followed")),
             }
@@ -206,6 +244,65 @@ impl<'t, 's> Closure<'t, 's> {
             }
         }
         Ok(())
+    }
+
+    /// A python or perl binary that is the build host's own (at its host path, not an
+    /// RPM's or an image's): its standard library from the host, and the closure of the
+    /// extension modules in it.
+    fn interpreter_library(&mut self, job: &Job) -> Result<()> {
+        let Some(kind) = job.path.file_name().and_then(|n| interpreters::recognise(&n.to_string_lossy())) else {
+            return Ok(());
+        };
+        let host_path = PathBuf::from(job.path.absolute());
+        let own =
+            matches!(&self.tree.get(&job.path).map(|e| &e.kind), Some(Kind::File(Source::Host(p))) if *p == host_path);
+        if !own {
+            return Ok(());
+        }
+        let dirs = match interpreters::library_dirs(kind, &host_path) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warnings.push(format!("{e}; its standard library is not added"));
+                return Ok(());
+            }
+        };
+        let reason = format!("{} standard library of {}", kind.name(), host_path.display());
+        for d in &dirs {
+            let files = self.add_library_dir(d, &reason).with_context(|| reason.clone())?;
+            // Extension modules need their libraries; the modules' own `#!` lines (stale
+            // ones abound in Python's library) are not programs to follow.
+            for f in files {
+                let is_elf =
+                    TreeView(self.tree).head(Path::new(&f.absolute()), 4).is_some_and(|h| h.starts_with(elf::MAGIC));
+                if is_elf {
+                    self.enqueue(f, Vec::new(), Need::Plugin);
+                }
+            }
+        }
+        if !dirs.is_empty() {
+            let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+            self.notes.push(format!(
+                "{}: its standard library from the build host: {}",
+                host_path.display(),
+                list.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// A standard library directory without what is not the standard library in it.
+    fn add_library_dir(&mut self, dir: &Path, reason: &str) -> Result<Vec<ImagePath>> {
+        self.copier.add(self.tree, dir, reason)?;
+        let mut names: Vec<_> = std::fs::read_dir(dir)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        names.sort();
+        let mut files = Vec::new();
+        for name in names {
+            let n = name.to_string_lossy();
+            if !interpreters::is_not_standard(&n) {
+                files.extend(self.copier.add_recursive(self.tree, &dir.join(&name), reason)?);
+            }
+        }
+        Ok(files)
     }
 
     fn script(&mut self, job: &Job, sb: &script::Shebang) -> Result<()> {
@@ -401,7 +498,7 @@ impl<'t, 's> Closure<'t, 's> {
             }
             self.warnings.push(format!("building without these (--allow-missing): {list}"));
         }
-        Ok(Outcome { provided: self.copier.provided, warnings: self.warnings })
+        Ok(Outcome { provided: self.copier.provided, warnings: self.warnings, notes: self.notes })
     }
 }
 
@@ -431,7 +528,7 @@ mod tests {
     }
 
     fn opts(allow_missing: bool) -> Options {
-        Options { allow_missing, includes: Vec::new(), entrypoint: None }
+        Options { allow_missing, includes: Vec::new(), entrypoint: None, links: Vec::new() }
     }
 
     #[test]
