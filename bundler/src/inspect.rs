@@ -3,7 +3,7 @@
 use crate::pipeline::human;
 use anyhow::{Context, Result};
 use bundle_format::Bundle;
-use bundle_squashfs::{extract, Image, Inode, Kind};
+use bundle_squashfs::{extract, Chunks, Image, Inode, Kind};
 use std::io::Write;
 use std::path::Path;
 
@@ -57,7 +57,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
 
 pub fn verify(path: &Path) -> Result<()> {
     let b = open(path)?;
-    b.verify_image().with_context(|| format!("{}", path.display()))?;
+    b.verify_all().with_context(|| format!("{}", path.display()))?;
     println!("{}: ok (image sha256 {}, metadata sha256 ok)", path.display(), b.image_digest());
     Ok(())
 }
@@ -103,8 +103,18 @@ pub fn extract(path: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The image, each chunk checked against the chunk table (version 2) as it is read.
 fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
-    Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))
+    let offset = b.trailer.image_offset;
+    let image = match b.chunk_table().with_context(|| format!("{}", path.display()))? {
+        None => Image::open(&b.file, offset),
+        Some(table) => {
+            let (size, image_size) = (table.chunk_size(), table.image_size());
+            let check = Box::new(move |i: u64, bytes: &[u8]| table.matches(i, bytes));
+            Image::open_verified(&b.file, offset, Chunks { size, image_size, check })
+        }
+    };
+    image.with_context(|| format!("{}", path.display()))
 }
 
 fn rwx(mode: u16) -> String {

@@ -87,6 +87,8 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         inputs,
         provided,
         binds: Vec::new(),
+        // Filled in by `assemble`, once the image is written.
+        integrity: None,
     };
     let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
     let mut opts = req.image.clone();

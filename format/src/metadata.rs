@@ -24,6 +24,21 @@ pub struct Metadata {
     pub provided: Vec<ProvidedFile>,
     /// Binds the runtime adds by default, as `SRC[:DST[:ro]]`.
     pub binds: Vec<String>,
+    /// Digests of what the trailer's digests do not cover directly (version 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<Integrity>,
+}
+
+/// The chunk table's and the stub's digests: with these in the metadata, the trailer's
+/// metadata digest (and so a signature) stands for every byte before the signatures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// Bytes per chunk of the image in the chunk table.
+    pub chunk_size: u64,
+    /// Hex SHA-256 of the chunk table.
+    pub chunks_sha256: String,
+    /// Hex SHA-256 of the stub and its padding: bytes 0 to the image offset.
+    pub stub_sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use crate::cache;
 use crate::exec::{drop_privileges, environment, exec};
 use crate::fail::{Context, Error, Result};
 use crate::host;
+use crate::integrity::{self, open_image};
 use crate::keeper;
 use crate::loopdev;
 use crate::namespaces;
@@ -79,6 +80,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             make_root(&Root::Tree(tree), &mut Linux::new(), || Ok(plan))?;
         }
         Mode::Kernel => {
+            integrity::check_all(bundle)?;
             let t = &bundle.trailer;
             // The handle keeps the device configured until the mount holds it.
             let (dev, _configured) = loopdev::attach(&bundle.file, t.image_offset, t.image_size)?;
@@ -99,10 +101,6 @@ fn make_root(root: &Root, sys: &mut dyn Sys, plan: impl FnOnce() -> Result<Plan>
     steps::run(&steps::scratch(root), sys)?;
     let plan = plan()?;
     steps::run(&steps::container(&plan, root), sys)
-}
-
-fn open_image(bundle: &Bundle) -> Result<Image> {
-    Image::open(&bundle.file, bundle.trailer.image_offset).context(|| "cannot read the image's tables".to_string())
 }
 
 /// Where multi-call looks for the program named by the symlink we were started through.

@@ -9,6 +9,7 @@ mod exec;
 mod fail;
 mod fuse;
 mod host;
+mod integrity;
 mod keeper;
 mod loopdev;
 mod namespaces;
@@ -40,12 +41,11 @@ fn run(opts: &Options) -> Result<()> {
         Action::Info => print!("{}", String::from_utf8_lossy(&bundle.metadata.to_json())),
         Action::Offset => println!("{}", bundle.trailer.image_offset),
         Action::Verify => {
-            bundle.verify_image().context(|| "the image does not verify".to_string())?;
+            integrity::check_all(&bundle)?;
             println!("ok: image sha256 {}", bundle.image_digest());
         }
         Action::Extract(dir) => {
-            let image = bundle_squashfs::Image::open(&bundle.file, bundle.trailer.image_offset)
-                .context(|| "cannot read the image".to_string())?;
+            let image = integrity::open_image(&bundle)?;
             bundle_squashfs::extract::to_dir(&image, dir)
                 .context(|| format!("cannot unpack the image into {}", dir.display()))?;
         }

@@ -15,4 +15,4 @@ pub mod extract;
 pub mod layout;
 mod read;
 
-pub use read::{DirCookie, Entries, Entry, Image, Inode, InodeRef, Kind, Piece};
+pub use read::{Chunks, DirCookie, Entries, Entry, Image, Inode, InodeRef, Kind, Piece};
