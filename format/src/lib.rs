@@ -21,6 +21,7 @@
 mod chunks;
 mod metadata;
 mod reader;
+pub mod signatures;
 mod trailer;
 
 pub use chunks::{table_len, ChunkTable, CHUNK_SIZE};

@@ -7,9 +7,20 @@ use bundle_format::Bundle;
 use bundle_squashfs::{Chunks, Image};
 
 /// The image, each chunk checked before its bytes are used; a version-1 bundle (no
-/// chunk table) is read as it is. A chunk that does not match is an I/O error for the
-/// reads that need it and one line on stderr, once, naming the bundle and the offset.
+/// chunk table) is read as it is. A chunk that does not match is an error for the
+/// reads that need it, which names the offset.
 pub fn open_image(bundle: &Bundle) -> Result<Image> {
+    open(bundle, false)
+}
+
+/// [`open_image`] for the FUSE server, whose errors reach the application only as
+/// `EIO`: a chunk that does not match is also one line on stderr, once, naming the
+/// bundle and the offset.
+pub fn open_for_serving(bundle: &Bundle) -> Result<Image> {
+    open(bundle, true)
+}
+
+fn open(bundle: &Bundle, report: bool) -> Result<Image> {
     let offset = bundle.trailer.image_offset;
     let opened = match bundle.chunk_table().context(|| format!("{}: cannot read the chunk table", name()))? {
         None => Image::open(&bundle.file, offset),
@@ -18,7 +29,7 @@ pub fn open_image(bundle: &Bundle) -> Result<Image> {
             let (size, image_size) = (table.chunk_size(), table.image_size());
             let check = move |i: u64, bytes: &[u8]| {
                 let ok = table.matches(i, bytes);
-                if !ok {
+                if !ok && report {
                     let at = offset + table.range(i).0;
                     eprintln!(
                         "bundle: {name}: the image chunk at byte {at} does not match its digest (the file is \
