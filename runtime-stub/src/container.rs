@@ -66,7 +66,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
     let sources = plan::resolve(who, &host::host_found).map_err(Error)?;
     match mode {
         Mode::Fuse => {
-            let image = Arc::new(integrity::open_for_serving(bundle)?);
+            let image = Arc::new(open_image(bundle)?);
             let plan = sources.place(&|p| image_found(&image, p)).map_err(Error)?;
             namespaces::enter(uid, gid)?;
             let mut sys = Linux::serving(image, uid, gid, Path::new(OLDROOT));

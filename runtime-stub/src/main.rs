@@ -38,6 +38,7 @@ fn run(opts: &Options) -> Result<()> {
         return Ok(());
     }
     let bundle = open_self()?;
+    integrity::name();
     match &opts.action {
         Action::Info => print!("{}", info(&bundle)),
         Action::Offset => println!("{}", bundle.trailer.image_offset),

@@ -21,12 +21,15 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// `check(index, bytes)`: whether `bytes` are all of chunk `index`.
+pub type ChunkCheck = Box<dyn Fn(u64, &[u8]) -> bool + Send + Sync>;
+
 /// What the caller knows of the image: its chunk size, its length, and a way to check
 /// a chunk (`check(index, bytes)` is true when `bytes` are all of chunk `index`).
 pub struct Chunks {
     pub size: u64,
     pub image_size: u64,
-    pub check: Box<dyn Fn(u64, &[u8]) -> bool + Send + Sync>,
+    pub check: ChunkCheck,
 }
 
 /// Locks for chunks being checked, chosen by chunk index.
