@@ -534,11 +534,13 @@ fn bundle_info_is_the_metadata() {
     let t = Test::new("opt-info");
     let out = run(&mut t.app(app(), Mode::Auto, &["--bundle-info"]));
     out.assert_success();
-    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
+    let mut info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
     assert_eq!(info["entrypoint"], serde_json::json!(["/bin/probe"]), "{out}");
     assert_eq!(info["env"]["BUNDLE_E2E"], "from-bundle", "{out}");
     assert_eq!(info["labels"]["purpose"], "e2e", "{out}");
-    // The same document as `bundle inspect --json`.
+    // The same document as `bundle inspect --json`, with the signers' keys added.
+    let signers = info.as_object_mut().unwrap().remove("signers");
+    assert_eq!(signers, Some(serde_json::json!([])), "an unsigned bundle has no signers\n{out}");
     let cli = run(bundle(&[OsStr::new("inspect"), OsStr::new("--json"), app().as_os_str()]));
     cli.assert_success();
     let cli: Value = serde_json::from_slice(&cli.stdout).expect("inspect --json is JSON");

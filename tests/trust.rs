@@ -6,6 +6,7 @@
 use e2e::*;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -218,4 +219,32 @@ fn a_damaged_data_byte_is_an_error_in_extract_mode() {
     run(&mut t.app(&bad, Mode::Extract, &["args", "x"])).assert_bundle_error("does not match its digest");
     let dir = t.dir.join("out");
     run(bundle(&[OsStr::new("extract"), bad.as_os_str(), dir.as_os_str()])).assert_bundle_error("digest");
+}
+
+#[test]
+fn a_bundle_overwritten_in_place_gives_errors_not_other_bytes() {
+    require_fuse();
+    let t = Test::new("overwrite");
+    let running = patched_copy(app(), &t.dir.join("app.sif"), |_| {});
+    let other = build_app(t.dir.path(), "other", 2);
+    // The keeper and the FUSE server run from a copy of the stub, so nothing executes
+    // the file and `cp` can rewrite it in place (same inode), as another NFS client
+    // would; the application then reads a file it had not read yet.
+    let script = "cat /data/b; echo ready; sleep 2; cat /data/a >/dev/null && echo read-all || echo read-failed";
+    let err = t.work.join("stderr");
+    let mut c = t.cmd("/bin/sh");
+    set_mode(&mut c, Mode::Fuse);
+    c.env("BUNDLE_LINGER", "5").arg("-c").arg(r#"exec "$0" --bundle-exec /bin/sh -c "$2" 2>"$1""#);
+    c.arg(&running).arg(&err).arg(script);
+    let mut app = Running::spawn(&mut c);
+    app.wait_for_line("ready", TIMEOUT);
+    let inode = fs::metadata(&running).unwrap().ino();
+    fs::write(&running, fs::read(&other).unwrap()).unwrap();
+    assert_eq!(fs::metadata(&running).unwrap().ino(), inode, "rewritten in place");
+    let out = app.finish(TIMEOUT);
+    let err = fs::read_to_string(&err).unwrap();
+    assert!(out.stdout().contains("read-failed"), "the application read the rewritten file\n{out}\n{err}");
+    assert!(err.contains("changed while in use"), "{err}");
+    // The next start sees the new file.
+    run(&mut t.app(&running, Mode::Fuse, &["--bundle-exec", "/bin/cat", "/data/b"])).assert_success();
 }

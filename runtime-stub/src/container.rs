@@ -22,6 +22,7 @@ use crate::loopdev;
 use crate::namespaces;
 use crate::options::{Action, Mode, Options};
 use crate::plan::{self, Found, Host, Plan};
+use crate::relaunch;
 use crate::session;
 use crate::steps::{self, Root, LOWER, OLDROOT};
 use crate::sys::{Linux, Sys};
@@ -46,7 +47,10 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = host::linger(opts.linger)?;
-    session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who)))?;
+    let exec_copy = |listener: &_, report: &_| {
+        relaunch::exec_keeper(&bundle.file, bundle.trailer.image_offset, listener, report, mode);
+    };
+    session::attach(&key, |listener| keeper::start(listener, linger, exec_copy, || build(bundle, mode, &who)))?;
     let argv = match known {
         Some(argv) => argv,
         None => command_line(bundle, opts, called_as.as_deref().and_then(in_bin_dirs))?,
@@ -57,6 +61,20 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
         drop_privileges()?;
     }
     Err(exec(&argv, &env))
+}
+
+/// The keeper, re-executed from its private copy of the stub (`relaunch.rs`): builds
+/// the container and serves it, as [`run`] would have had it done in place.
+pub fn keep(bundle: &Bundle, opts: &Options, k: relaunch::Inherited) -> ! {
+    let build = |who: &Host| build(bundle, k.mode, who);
+    match host::caller(bundle, opts).and_then(|who| host::linger(opts.linger).map(|l| (who, l))) {
+        Ok((who, linger)) => keeper::resume(k.listener, k.report, linger, || build(&who)),
+        Err(e) => {
+            let mut report = k.report;
+            let _ = std::io::Write::write_all(&mut report, format!("E{}\n", e.0).as_bytes());
+            std::process::exit(1)
+        }
+    }
 }
 
 /// Runs in the keeper: makes the namespaces and the root, and stays inside them.

@@ -15,6 +15,7 @@ mod loopdev;
 mod namespaces;
 mod options;
 mod plan;
+mod relaunch;
 mod session;
 mod steps;
 mod sys;
@@ -37,7 +38,16 @@ fn run(opts: &Options) -> Result<()> {
         print!("{}", options::HELP);
         return Ok(());
     }
-    let bundle = open_self()?;
+    // A keeper re-executed from its copy of the stub is handed its bundle.
+    let inherited = relaunch::inherited();
+    let bundle = match &inherited {
+        Some(k) => {
+            integrity::set_name(&k.name);
+            let file = k.bundle.try_clone().map_err(|e| Error(format!("cannot reopen the bundle: {e}")))?;
+            Bundle::from_file(file).map_err(|e| Error(format!("this bundle cannot be read: {e}")))?
+        }
+        None => open_self()?,
+    };
     integrity::name();
     match &opts.action {
         Action::Info => print!("{}", info(&bundle)),
@@ -52,6 +62,9 @@ fn run(opts: &Options) -> Result<()> {
                 .context(|| format!("cannot unpack the image into {}", dir.display()))?;
         }
         Action::Run | Action::Exec | Action::Shell | Action::Help => {
+            if let Some(k) = inherited {
+                container::keep(&bundle, opts, k)
+            }
             trust::check(&bundle)?;
             match container::run(&bundle, opts)? {}
         }
