@@ -96,7 +96,7 @@ fn inheritable(fd: RawFd, yes: bool) -> Result<()> {
 pub fn inherited() -> Option<Inherited> {
     let value = std::env::var(VAR).ok()?;
     std::env::remove_var(VAR);
-    let (fds, rest) = value.split_once(',').map(|(a, b)| (a, b))?;
+    let (listener, rest) = value.split_once(',')?;
     let (report, rest) = rest.split_once(',')?;
     let (bundle, rest) = rest.split_once(',')?;
     let (mode, name) = rest.split_once(':')?;
@@ -107,7 +107,7 @@ pub fn inherited() -> Option<Inherited> {
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
     };
     Some(Inherited {
-        listener: UnixListener::from(take(fds)?),
+        listener: UnixListener::from(take(listener)?),
         report: File::from(take(report)?),
         bundle: File::from(take(bundle)?),
         mode: Mode::parse(mode).ok()?,
