@@ -248,3 +248,34 @@ fn a_bundle_overwritten_in_place_gives_errors_not_other_bytes() {
     // The next start sees the new file.
     run(&mut t.app(&running, Mode::Fuse, &["--bundle-exec", "/bin/cat", "/data/b"])).assert_success();
 }
+
+#[test]
+fn the_sbom_names_the_rpms_and_the_host_packages_of_the_closure() {
+    let t = Test::new("sbom");
+    let rpms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-rpm");
+    let out = t.dir.join("hello.sif");
+    Build::new()
+        .arg(rpms.join("hello-rpm-1.0-1.x86_64.rpm"))
+        .arg(rpms.join("hello-rpm-libs-1.0-1.x86_64.rpm"))
+        .arg("--include")
+        .arg("/usr/bin/ls")
+        .build(&out);
+    let sbom = run(bundle(&[OsStr::new("inspect"), OsStr::new("--sbom"), out.as_os_str()]));
+    let doc: serde_json::Value = serde_json::from_str(&sbom.assert_success().stdout()).unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    let packages = doc["packages"].as_array().unwrap();
+    let named = |n: &str| packages.iter().find(|p| p["name"] == n).cloned();
+    let hello = named("hello-rpm").unwrap_or_else(|| panic!("no hello-rpm package\n{sbom}"));
+    assert_eq!(hello["versionInfo"], "1.0-1");
+    assert_eq!(hello["checksums"][0]["algorithm"], "SHA256");
+    assert!(named("hello-rpm-libs").is_some(), "{sbom}");
+    let files = doc["files"].as_array().unwrap();
+    assert!(files.iter().any(|f| f["fileName"] == "./usr/bin/ls"), "{sbom}");
+    if Path::new("/var/lib/dpkg/status").exists() {
+        // Debian: ls comes from coreutils, its C library from libc6.
+        for pkg in ["coreutils", "libc6"] {
+            let p = named(pkg).unwrap_or_else(|| panic!("no host package {pkg}\n{sbom}"));
+            assert!(p["versionInfo"].as_str().is_some_and(|v| !v.is_empty()), "{p}");
+        }
+    }
+}

@@ -147,7 +147,7 @@ pub fn extract(path: &Path, dir: &Path) -> Result<()> {
 }
 
 /// The image, each chunk checked against the chunk table (version 2) as it is read.
-fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
+pub fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
     let offset = b.trailer.image_offset;
     let image = match b.chunk_table().with_context(|| format!("{}", path.display()))? {
         None => Image::open(&b.file, offset),

@@ -4,9 +4,11 @@ mod assemble;
 mod closure;
 mod inputs;
 mod inspect;
+mod owners;
 mod pipeline;
 mod progress;
 mod rpm;
+mod sbom;
 mod sign;
 mod squashfs;
 mod stub;
@@ -38,6 +40,9 @@ enum Command {
         /// Print signature N (from 1), armored, for `ssh-keygen -Y verify -s`.
         #[arg(long, value_name = "N")]
         signature: Option<usize>,
+        /// Print an SPDX 2.3 JSON document of what the bundle holds.
+        #[arg(long)]
+        sbom: bool,
     },
     /// Check every digest and signature, and say who signed.
     Verify {
@@ -118,7 +123,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => build(a),
-        Command::Inspect { bundle, json, signature: Some(n) } if !json => inspect::signature(&bundle, n),
+        Command::Inspect { bundle, sbom: true, .. } => sbom::sbom(&bundle),
+        Command::Inspect { bundle, json, signature: Some(n), .. } if !json => inspect::signature(&bundle, n),
         Command::Inspect { bundle, json, .. } => inspect::inspect(&bundle, json),
         Command::Verify { bundle, allowed_signers } => inspect::verify(&bundle, allowed_signers.as_deref()),
         Command::Sign { bundle, key } => sign::sign(&bundle, &key),

@@ -183,7 +183,9 @@ fn add_closure(req: &BuildRequest, tree: &mut Tree, entrypoint: &str) -> Result<
     if tree.len() > before {
         eprintln!("bundle: closure: {} entries added from the build host ({})", tree.len() - before, human(bytes));
     }
-    Ok(outcome.provided)
+    let mut provided = outcome.provided;
+    crate::owners::annotate(&mut provided);
+    Ok(provided)
 }
 
 /// How an input on the build host is named in the metadata. A reproducible build

@@ -25,7 +25,7 @@ pub mod signatures;
 mod trailer;
 
 pub use chunks::{table_len, ChunkTable, CHUNK_SIZE};
-pub use metadata::{ImageInfo, Input, Integrity, Metadata, ProvidedFile};
+pub use metadata::{HostPackage, ImageInfo, Input, Integrity, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
 pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, OLDEST_VERSION, TRAILER_LEN};
 

@@ -74,6 +74,20 @@ pub struct ProvidedFile {
     /// Why it was added (e.g. "needed by /usr/bin/app").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The build host's package that owns `source`, when its package database says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<HostPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPackage {
+    /// `dpkg` or `rpm`.
+    pub manager: String,
+    pub name: String,
+    pub version: String,
+    /// e.g. `amd64`, `x86_64`; empty when the database does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
 }
 
 impl Metadata {
