@@ -116,3 +116,25 @@ pub fn read_allowed_signers(path: &Path) -> Result<AllowedSigners> {
         .with_context(|| format!("cannot read the allowed signers {}", path.display()))?;
     AllowedSigners::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::private::Ed25519Keypair;
+
+    /// What ssh-key signs is what bundle-format (and so the runtime stub) reconstructs.
+    #[test]
+    fn bundle_format_agrees_with_ssh_key() {
+        let key = PrivateKey::from(Ed25519Keypair::from_seed(&[7; 32]));
+        let message = [9u8; 64];
+        let pem = key.sign(NAMESPACE, HashAlg::Sha512, &message).unwrap().to_pem(LineEnding::LF).unwrap();
+        let s = &parse_region(pem.as_bytes()).unwrap()[0];
+        assert_eq!(
+            s.signed_data(&message).unwrap(),
+            SshSig::signed_data(NAMESPACE, HashAlg::Sha512, &message).unwrap()
+        );
+        assert_eq!(s.key, key.public_key().to_bytes().unwrap());
+        check_one(s, &message).unwrap();
+        assert!(check_one(s, &[8u8; 64]).is_err());
+    }
+}
