@@ -279,3 +279,23 @@ fn the_sbom_names_the_rpms_and_the_host_packages_of_the_closure() {
         }
     }
 }
+
+#[test]
+fn version_1_bundles_still_run_and_verify() {
+    let t = Test::new("version-1");
+    // A version-1 reader ignores what lies between image and metadata and the metadata's
+    // `integrity`: the same file with version 1 in its trailer is a version-1 bundle.
+    let old = patched_copy(app(), &t.dir.join("v1.sif"), |b| {
+        let at = b.len() - TRAILER_LEN as usize + 8;
+        b[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+    });
+    assert_eq!(read_trailer(&old).version, 1);
+    run(&mut t.app(&old, Mode::Extract, &["args", "x"])).assert_success().assert_stdout("[x]\n");
+    if fuse_usable() {
+        run(&mut t.app(&old, Mode::Fuse, &["--bundle-exec", "/bin/cat", "/data/b"])).assert_success();
+    }
+    run(bundle(&[OsStr::new("verify"), old.as_os_str()])).assert_success();
+    let key = keygen(t.dir.path(), "alice");
+    run(bundle(&[OsStr::new("sign"), OsStr::new("--key"), key.private.as_os_str(), old.as_os_str()]))
+        .assert_bundle_error("version-1");
+}
