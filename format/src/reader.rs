@@ -8,6 +8,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// Chunk sizes a reader accepts: what it allocates to check one chunk stays bounded.
+const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=16 << 20;
+
 /// An opened bundle whose trailer and metadata have been validated.
 pub struct Bundle {
     pub file: File,
@@ -99,7 +102,10 @@ impl Bundle {
         match (t.version, &self.metadata.integrity) {
             (1, _) => Ok(()),
             (_, None) => Err(OpenError::Integrity("the metadata has no integrity digests".into())),
-            (_, Some(i)) if i.chunk_size == 0 || table_len(t.image_size, i.chunk_size) != gap => {
+            (_, Some(i)) if !CHUNK_SIZES.contains(&i.chunk_size) || !i.chunk_size.is_power_of_two() => Err(
+                OpenError::Integrity(format!("chunk size {} is not a power of two from 4 KiB to 16 MiB", i.chunk_size)),
+            ),
+            (_, Some(i)) if table_len(t.image_size, i.chunk_size) != gap => {
                 Err(OpenError::Integrity("the chunk table does not fit between image and metadata".into()))
             }
             _ => Ok(()),

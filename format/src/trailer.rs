@@ -14,6 +14,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The oldest version this crate reads.
 pub const OLDEST_VERSION: u32 = 1;
 pub const TRAILER_LEN: usize = 128;
+/// At most this many bytes of signatures (about 3,000 ed25519 signatures): a reader
+/// loads them whole.
+pub const MAX_SIGNATURES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
@@ -127,6 +130,9 @@ impl Trailer {
         let Some(meta_end) = self.metadata_offset.checked_add(self.metadata_size) else {
             return layout("metadata size overflows");
         };
+        if self.signatures_size > MAX_SIGNATURES {
+            return layout("the signatures are larger than 1 MiB");
+        }
         let Some(expected) = meta_end.checked_add(self.signatures_size).and_then(|n| n.checked_add(TRAILER_LEN as u64))
         else {
             return layout("signatures size overflows");
