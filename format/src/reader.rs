@@ -16,6 +16,8 @@ pub struct Bundle {
     pub file: File,
     pub trailer: Trailer,
     pub metadata: Metadata,
+    /// The metadata as it is in the file (what `metadata` was parsed from).
+    pub metadata_json: Vec<u8>,
     /// The signatures region as it is in the file (empty when unsigned or version 1).
     pub signatures: Vec<u8>,
 }
@@ -89,7 +91,7 @@ impl Bundle {
         let metadata = Metadata::from_json(&json).map_err(|e| OpenError::MetadataJson(e.to_string()))?;
         let mut signatures = vec![0u8; trailer.signatures_size as usize];
         file.read_exact_at(&mut signatures, trailer.signatures_offset())?;
-        let bundle = Bundle { file, trailer, metadata, signatures };
+        let bundle = Bundle { file, trailer, metadata, metadata_json: json, signatures };
         bundle.check_table_place()?;
         Ok(bundle)
     }

@@ -72,10 +72,11 @@ fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The metadata, with the signers' keys added as its last field (`signers`). Spliced
-/// into the text rather than built as a `serde_json::Value`, which costs the stub 20 KB.
+/// The metadata as it is in the file, with the signers' keys added as its last field
+/// (`signers`). Spliced into the text: neither serialising the metadata again nor
+/// building a `serde_json::Value` (20 KB of stub) is needed.
 fn info(bundle: &Bundle) -> String {
-    let json = String::from_utf8_lossy(&bundle.metadata.to_json()).into_owned();
+    let json = String::from_utf8_lossy(&bundle.metadata_json).into_owned();
     let signers = serde_json::to_string(&trust::signers(bundle)).expect("JSON serialises");
     match json.trim_end().strip_suffix('}') {
         Some(head) => format!("{},\n  \"signers\": {signers}\n}}\n", head.trim_end()),
