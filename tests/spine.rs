@@ -573,11 +573,13 @@ fn bundle_info_is_the_metadata() {
     let t = Test::new("opt-info");
     let out = run(&mut t.app(app(), Mode::Auto, &["--bundle-info"]));
     out.assert_success();
-    let info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
+    let mut info: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}\n{out}"));
     assert_eq!(info["entrypoint"], serde_json::json!(["/bin/probe"]), "{out}");
     assert_eq!(info["env"]["BUNDLE_E2E"], "from-bundle", "{out}");
     assert_eq!(info["labels"]["purpose"], "e2e", "{out}");
-    // The same document as `bundle inspect --json`.
+    // The same document as `bundle inspect --json`, with the signers' keys added.
+    let signers = info.as_object_mut().unwrap().remove("signers");
+    assert_eq!(signers, Some(serde_json::json!([])), "an unsigned bundle has no signers\n{out}");
     let cli = run(bundle(&[OsStr::new("inspect"), OsStr::new("--json"), app().as_os_str()]));
     cli.assert_success();
     let cli: Value = serde_json::from_slice(&cli.stdout).expect("inspect --json is JSON");
@@ -652,9 +654,12 @@ fn built_file_layout() {
     assert_eq!(t.image_offset, (stub.len() as u64).div_ceil(IMAGE_ALIGN) * IMAGE_ALIGN);
     assert!(bytes[stub.len()..t.image_offset as usize].iter().all(|&b| b == 0), "zero padding");
     assert_eq!(&bytes[t.image_offset as usize..t.image_offset as usize + 4], b"hsqs", "squashfs magic at the offset");
-    assert_eq!(t.metadata_offset, t.image_offset + t.image_size);
+    // Version 2: the chunk table (32 bytes per 64 KiB of image) between image and
+    // metadata, no signatures yet.
+    assert_eq!(t.metadata_offset, t.image_offset + t.image_size + t.image_size.div_ceil(65536) * 32);
+    assert_eq!(t.signatures_size, 0);
     assert_eq!(t.metadata_offset + t.metadata_size + TRAILER_LEN, t.file_len);
-    assert_eq!(t.version, 1);
+    assert_eq!(t.version, 2);
     assert_eq!(&bytes[bytes.len() - 8..], b"\x01\x00ELDNUB", "end magic");
     assert_eq!(fs::metadata(app()).unwrap().permissions().mode() & 0o777, 0o755, "bundles are mode 0755");
 }

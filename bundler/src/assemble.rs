@@ -1,4 +1,5 @@
-//! Writing the bundle file: stub, padding, image, metadata, trailer.
+//! Writing the bundle file: stub, padding, image, chunk table, metadata, trailer (no
+//! signatures: `bundle sign` appends them later without touching what is before).
 //!
 //! Everything goes to a temporary file in the output's directory, which is renamed over
 //! the output only when complete: a failed or interrupted build leaves no partial file.
@@ -10,7 +11,7 @@ use crate::progress::Progress;
 use crate::squashfs;
 use crate::tree::Tree;
 use anyhow::{Context, Result};
-use bundle_format::{align_up, Metadata, Trailer, FORMAT_VERSION};
+use bundle_format::{align_up, hex, ChunkTable, Integrity, Metadata, Trailer, CHUNK_SIZE, FORMAT_VERSION};
 use sha2::{Digest, Sha256};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions, Permissions};
@@ -51,17 +52,26 @@ pub fn write_bundle(
     let image_end = f.stream_position()?;
     let image_size = image_end - image_offset;
     let image_sha256 = digest_region(f, image_offset, image_size)?;
+    let table = ChunkTable::of_image(f, image_offset, image_size, CHUNK_SIZE).context("cannot hash the image")?;
+    f.write_all(&table.encode()).context("cannot write the chunk table")?;
+    let metadata_offset = f.stream_position()?;
 
-    let json = metadata.to_json();
+    let integrity = Integrity {
+        chunk_size: CHUNK_SIZE,
+        chunks_sha256: hex(&table.digest()),
+        stub_sha256: hex(&digest_region(f, 0, image_offset)?),
+    };
+    let json = Metadata { integrity: Some(integrity), ..metadata.clone() }.to_json();
     f.write_all(&json)?;
     let trailer = Trailer {
         version: FORMAT_VERSION,
         image_offset,
         image_size,
-        metadata_offset: image_end,
+        metadata_offset,
         metadata_size: json.len() as u64,
         image_sha256,
         metadata_sha256: Sha256::digest(&json).into(),
+        signatures_size: 0,
     };
     f.write_all(&trailer.encode())?;
     let total = f.stream_position()?;

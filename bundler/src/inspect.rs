@@ -1,9 +1,11 @@
 //! Reading a finished bundle without running it: `inspect`, `verify`, `list`, `extract`.
 
 use crate::pipeline::human;
-use anyhow::{Context, Result};
+use crate::sign::{check_signatures, read_allowed_signers};
+use anyhow::{bail, Context, Result};
+use bundle_format::signatures::parse_region;
 use bundle_format::Bundle;
-use bundle_squashfs::{extract, Image, Inode, Kind};
+use bundle_squashfs::{extract, Chunks, Image, Inode, Kind};
 use std::io::Write;
 use std::path::Path;
 
@@ -33,6 +35,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
         m.image.block_size / 1024
     );
     println!("image sha256: {}", b.image_digest());
+    println!("signed by:   {}", signers_line(&b));
     for (k, v) in &m.env {
         println!("env:         {k}={v}");
     }
@@ -77,11 +80,51 @@ fn utc_date(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub fn verify(path: &Path) -> Result<()> {
+/// Every digest (stub, chunk table, each chunk, image, metadata) and every signature;
+/// with `allowed`, at least one signature must be by a key it lists.
+pub fn verify(path: &Path, allowed: Option<&Path>) -> Result<()> {
     let b = open(path)?;
-    b.verify_image().with_context(|| format!("{}", path.display()))?;
-    println!("{}: ok (image sha256 {}, metadata sha256 ok)", path.display(), b.image_digest());
+    b.verify_all().with_context(|| format!("{}", path.display()))?;
+    let allowed = allowed.map(|a| read_allowed_signers(a).map(|s| (a, s))).transpose()?;
+    let signers = check_signatures(path, &b, allowed.as_ref().map(|(_, s)| s))?;
+    if let Some((file, _)) = &allowed {
+        if !signers.iter().any(|s| s.principals.is_some()) {
+            let what = if signers.is_empty() { "not signed" } else { "signed, but by no key" };
+            bail!("{}: {what} in {}", path.display(), file.display());
+        }
+    }
+    println!("{}: ok (image sha256 {}; digests of stub, chunks and metadata ok)", path.display(), b.image_digest());
+    for s in &signers {
+        match &s.principals {
+            Some(p) => println!("signed by {p} ({})", s.key),
+            None if allowed.is_some() => println!("signed by {} (not in the allowed signers)", s.key),
+            None => println!("signed by {}", s.key),
+        }
+    }
+    if signers.is_empty() {
+        println!("not signed");
+    }
     Ok(())
+}
+
+/// Signature `n` (from 1) as it is in the file.
+pub fn signature(path: &Path, n: usize) -> Result<()> {
+    let b = open(path)?;
+    let sigs = parse_region(&b.signatures).with_context(|| format!("{}", path.display()))?;
+    let Some(s) = n.checked_sub(1).and_then(|i| sigs.get(i)) else {
+        bail!("{}: has {} signatures, not a signature {n}", path.display(), sigs.len());
+    };
+    print!("{}", s.pem);
+    Ok(())
+}
+
+/// The signers as `inspect` shows them: keys only, unchecked (`verify` checks).
+fn signers_line(b: &Bundle) -> String {
+    match parse_region(&b.signatures) {
+        Ok(sigs) if sigs.is_empty() => "(none)".into(),
+        Ok(sigs) => sigs.iter().map(|s| format!("{} {}", s.key_type(), s.fingerprint())).collect::<Vec<_>>().join(", "),
+        Err(e) => format!("({e})"),
+    }
 }
 
 /// One line per entry, like `tar tv`: mode, owner, size, path, link target. A damaged
@@ -155,8 +198,18 @@ pub fn extract(path: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
-    Image::open(&b.file, b.trailer.image_offset).with_context(|| format!("{}", path.display()))
+/// The image, each chunk checked against the chunk table (version 2) as it is read.
+pub fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
+    let offset = b.trailer.image_offset;
+    let image = match b.chunk_table().with_context(|| format!("{}", path.display()))? {
+        None => Image::open(&b.file, offset),
+        Some(table) => {
+            let (size, image_size) = (table.chunk_size(), table.image_size());
+            let check = Box::new(move |i: u64, bytes: &[u8]| table.matches(i, bytes));
+            Image::open_verified(&b.file, offset, Chunks { size, image_size, check })
+        }
+    };
+    image.with_context(|| format!("{}", path.display()))
 }
 
 fn rwx(mode: u16) -> String {

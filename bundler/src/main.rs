@@ -1,6 +1,6 @@
 //! `bundle`: packs an application into one self-executing file for HPC clusters.
 
-use bundler::{buildfile, inspect, pipeline, restub, squashfs};
+use bundler::{buildfile, inspect, pipeline, restub, sbom, sign, squashfs};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,9 +26,27 @@ enum Command {
         /// Print the metadata as JSON.
         #[arg(long)]
         json: bool,
+        /// Print signature N (from 1), armored, for `ssh-keygen -Y verify -s`.
+        #[arg(long, value_name = "N")]
+        signature: Option<usize>,
+        /// Print an SPDX 2.3 JSON document of what the bundle holds.
+        #[arg(long)]
+        sbom: bool,
     },
-    /// Recompute and check the image and metadata digests.
-    Verify { bundle: PathBuf },
+    /// Check every digest and signature, and say who signed.
+    Verify {
+        bundle: PathBuf,
+        /// Require a signature by a key of this file (OpenSSH allowed_signers format).
+        #[arg(long, value_name = "FILE")]
+        allowed_signers: Option<PathBuf>,
+    },
+    /// Sign a bundle with an OpenSSH private key (ed25519); signatures accumulate.
+    Sign {
+        bundle: PathBuf,
+        /// The private key (e.g. ~/.ssh/id_ed25519).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
     /// List the files of the image.
     List { bundle: PathBuf },
     /// Unpack the image into DIR (new or empty).
@@ -127,8 +145,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => build(a),
-        Command::Inspect { bundle, json } => inspect::inspect(&bundle, json),
-        Command::Verify { bundle } => inspect::verify(&bundle),
+        Command::Inspect { bundle, sbom: true, .. } => sbom::sbom(&bundle),
+        Command::Inspect { bundle, json, signature: Some(n), .. } if !json => inspect::signature(&bundle, n),
+        Command::Inspect { bundle, json, .. } => inspect::inspect(&bundle, json),
+        Command::Verify { bundle, allowed_signers } => inspect::verify(&bundle, allowed_signers.as_deref()),
+        Command::Sign { bundle, key } => sign::sign(&bundle, &key),
         Command::List { bundle } => inspect::list(&bundle),
         Command::Extract { bundle, dir } => inspect::extract(&bundle, &dir),
         Command::Restub { bundle, stub } => restub::restub(&bundle, stub.as_deref()),

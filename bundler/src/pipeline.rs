@@ -120,6 +120,8 @@ pub fn build(req: &BuildRequest) -> Result<()> {
         inputs: gathered.inputs,
         provided,
         binds: req.binds.clone(),
+        // Filled in by `assemble`, once the image is written.
+        integrity: None,
     };
     let stub = stub::load(&stub::locate(req.stub.as_deref())?)?;
     let mut opts = req.image.clone();
@@ -320,7 +322,9 @@ fn add_closure(
     if tree.len() > before {
         eprintln!("bundle: closure: {} entries added from the build host ({})", tree.len() - before, human(bytes));
     }
-    Ok(outcome.provided)
+    let mut provided = outcome.provided;
+    crate::owners::annotate(&mut provided);
+    Ok(provided)
 }
 
 /// How an input on the build host is named in the metadata. A reproducible build

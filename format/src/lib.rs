@@ -6,7 +6,11 @@
 //! +--------------------------+  padded with zeros to a 4096-byte boundary
 //! | squashfs image           |
 //! +--------------------------+
-//! | metadata (JSON)          |
+//! | chunk table (version 2)  |  SHA-256 of each 64 KiB of the image
+//! +--------------------------+
+//! | metadata (JSON)          |  holds the chunk table's and the stub's digests
+//! +--------------------------+
+//! | signatures (version 2)   |  sshsig over the trailer's two digests; appendable
 //! +--------------------------+
 //! | trailer (128 bytes)      |  always the last bytes of the file
 //! +--------------------------+
@@ -15,14 +19,17 @@
 //! `docs/format.md` describes every field so that another tool can read a bundle.
 
 mod bind;
+mod chunks;
 mod metadata;
 mod reader;
+pub mod signatures;
 mod trailer;
 
 pub use bind::BindSpec;
-pub use metadata::{ImageInfo, Input, Metadata, ProvidedFile};
+pub use chunks::{table_len, ChunkTable, CHUNK_SIZE};
+pub use metadata::{HostPackage, ImageInfo, Input, Integrity, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
-pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, TRAILER_LEN};
+pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, OLDEST_VERSION, TRAILER_LEN};
 
 /// The image starts on this boundary so that a loop device can map it in place.
 pub const IMAGE_ALIGN: u64 = 4096;

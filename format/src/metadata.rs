@@ -28,6 +28,21 @@ pub struct Metadata {
     /// runtime starts the application in the caller's directory, as HPC jobs expect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Digests of what the trailer's digests do not cover directly (version 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<Integrity>,
+}
+
+/// The chunk table's and the stub's digests: with these in the metadata, the trailer's
+/// metadata digest (and so a signature) stands for every byte before the signatures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Integrity {
+    /// Bytes per chunk of the image in the chunk table.
+    pub chunk_size: u64,
+    /// Hex SHA-256 of the chunk table.
+    pub chunks_sha256: String,
+    /// Hex SHA-256 of the stub and its padding: bytes 0 to the image offset.
+    pub stub_sha256: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +85,20 @@ pub struct ProvidedFile {
     /// Why it was added (e.g. "needed by /usr/bin/app").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// The build host's package that owns `source`, when its package database says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<HostPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPackage {
+    /// `dpkg` or `rpm`.
+    pub manager: String,
+    pub name: String,
+    pub version: String,
+    /// e.g. `amd64`, `x86_64`; empty when the database does not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub arch: String,
 }
 
 impl Metadata {

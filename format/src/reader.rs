@@ -1,6 +1,6 @@
 //! Opening a bundle: trailer, then metadata, each checked before use.
 
-use crate::{hex, Metadata, Trailer, TrailerError, TRAILER_LEN};
+use crate::{hex, table_len, ChunkTable, Integrity, Metadata, Trailer, TrailerError, TRAILER_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::File;
@@ -8,11 +8,18 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// Chunk sizes a reader accepts: what it allocates to check one chunk stays bounded.
+const CHUNK_SIZES: std::ops::RangeInclusive<u64> = 4096..=16 << 20;
+
 /// An opened bundle whose trailer and metadata have been validated.
 pub struct Bundle {
     pub file: File,
     pub trailer: Trailer,
     pub metadata: Metadata,
+    /// The metadata as it is in the file (what `metadata` was parsed from).
+    pub metadata_json: Vec<u8>,
+    /// The signatures region as it is in the file (empty when unsigned or version 1).
+    pub signatures: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -21,7 +28,17 @@ pub enum OpenError {
     Trailer(TrailerError),
     MetadataDigest,
     MetadataJson(String),
-    ImageDigest { expected: String, actual: String },
+    ImageDigest {
+        expected: String,
+        actual: String,
+    },
+    /// A version-2 bundle whose chunk table or stub digest is missing or wrong.
+    Integrity(String),
+    /// Chunk `index`, at `offset` in the file, is not what the chunk table says.
+    ChunkDigest {
+        index: u64,
+        offset: u64,
+    },
 }
 
 impl fmt::Display for OpenError {
@@ -36,6 +53,11 @@ impl fmt::Display for OpenError {
             OpenError::ImageDigest { expected, actual } => {
                 write!(f, "image digest mismatch (expected sha256 {expected}, found {actual}): the bundle is corrupted")
             }
+            OpenError::Integrity(why) => write!(f, "{why}: the bundle is corrupted"),
+            OpenError::ChunkDigest { index, offset } => write!(
+                f,
+                "image chunk {index} (at byte {offset} of the file) does not match its digest: the bundle is corrupted"
+            ),
         }
     }
 }
@@ -67,7 +89,81 @@ impl Bundle {
             return Err(OpenError::MetadataDigest);
         }
         let metadata = Metadata::from_json(&json).map_err(|e| OpenError::MetadataJson(e.to_string()))?;
-        Ok(Bundle { file, trailer, metadata })
+        let mut signatures = vec![0u8; trailer.signatures_size as usize];
+        file.read_exact_at(&mut signatures, trailer.signatures_offset())?;
+        let bundle = Bundle { file, trailer, metadata, metadata_json: json, signatures };
+        bundle.check_table_place()?;
+        Ok(bundle)
+    }
+
+    /// A version-2 bundle's metadata names its chunk size, and the table fills the gap
+    /// between image and metadata exactly.
+    fn check_table_place(&self) -> Result<(), OpenError> {
+        let t = &self.trailer;
+        let gap = t.metadata_offset - (t.image_offset + t.image_size);
+        match (t.version, &self.metadata.integrity) {
+            (1, _) => Ok(()),
+            (_, None) => Err(OpenError::Integrity("the metadata has no integrity digests".into())),
+            (_, Some(i)) if !CHUNK_SIZES.contains(&i.chunk_size) || !i.chunk_size.is_power_of_two() => Err(
+                OpenError::Integrity(format!("chunk size {} is not a power of two from 4 KiB to 16 MiB", i.chunk_size)),
+            ),
+            (_, Some(i)) if table_len(t.image_size, i.chunk_size) != gap => {
+                Err(OpenError::Integrity("the chunk table does not fit between image and metadata".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn integrity(&self) -> Option<&Integrity> {
+        self.metadata.integrity.as_ref().filter(|_| self.trailer.version >= 2)
+    }
+
+    /// The chunk table, checked against the digest in the metadata; `None` for a
+    /// version-1 bundle, which has none.
+    pub fn chunk_table(&self) -> Result<Option<ChunkTable>, OpenError> {
+        let Some(integrity) = self.integrity() else { return Ok(None) };
+        let t = &self.trailer;
+        let at = t.image_offset + t.image_size;
+        let mut raw = vec![0u8; (t.metadata_offset - at) as usize];
+        self.file.read_exact_at(&mut raw, at)?;
+        if hex(&Sha256::digest(&raw)) != integrity.chunks_sha256 {
+            return Err(OpenError::Integrity("chunk table digest mismatch".into()));
+        }
+        let table = ChunkTable::decode(&raw, integrity.chunk_size, t.image_size)
+            .ok_or_else(|| OpenError::Integrity("the chunk table has the wrong length".into()))?;
+        Ok(Some(table))
+    }
+
+    /// Checks every byte a digest covers: the stub, the image (whole and chunk by
+    /// chunk) and the chunk table. The metadata was checked when the bundle was opened;
+    /// signatures are checked by whoever holds the allowed signers.
+    pub fn verify_all(&self) -> Result<(), OpenError> {
+        let Some(integrity) = self.integrity() else { return self.verify_image() };
+        let mut stub = vec![0u8; self.trailer.image_offset as usize];
+        self.file.read_exact_at(&mut stub, 0)?;
+        if hex(&Sha256::digest(&stub)) != integrity.stub_sha256 {
+            return Err(OpenError::Integrity("runtime stub digest mismatch".into()));
+        }
+        let table = self.chunk_table()?.expect("version 2 has a table");
+        let mut whole = Sha256::new();
+        let mut buf = vec![0u8; table.chunk_size() as usize];
+        for i in 0..table.count() {
+            let (start, len) = table.range(i);
+            let offset = self.trailer.image_offset + start;
+            self.file.read_exact_at(&mut buf[..len], offset)?;
+            if !table.matches(i, &buf[..len]) {
+                return Err(OpenError::ChunkDigest { index: i, offset });
+            }
+            whole.update(&buf[..len]);
+        }
+        self.check_image_digest(whole.finalize().into())
+    }
+
+    fn check_image_digest(&self, actual: [u8; 32]) -> Result<(), OpenError> {
+        if actual != self.trailer.image_sha256 {
+            return Err(OpenError::ImageDigest { expected: hex(&self.trailer.image_sha256), actual: hex(&actual) });
+        }
+        Ok(())
     }
 
     /// Hex sha256 of the image as recorded in the trailer; names the extraction cache.
@@ -86,10 +182,6 @@ impl Bundle {
             hasher.update(&buf[..want]);
             pos += want as u64;
         }
-        let actual: [u8; 32] = hasher.finalize().into();
-        if actual != self.trailer.image_sha256 {
-            return Err(OpenError::ImageDigest { expected: hex(&self.trailer.image_sha256), actual: hex(&actual) });
-        }
-        Ok(())
+        self.check_image_digest(hasher.finalize().into())
     }
 }

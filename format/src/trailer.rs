@@ -8,9 +8,15 @@ use std::fmt;
 pub const MAGIC: [u8; 8] = *b"BUNDLE\x00\x01";
 /// Last eight bytes of the trailer, so that a truncated tail is recognised as such.
 pub const END_MAGIC: [u8; 8] = *b"\x01\x00ELDNUB";
-/// Bumped on any incompatible change of the layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the layout. Version 2 added the chunk table
+/// after the image and the signatures before the trailer; version 1 is still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this crate reads.
+pub const OLDEST_VERSION: u32 = 1;
 pub const TRAILER_LEN: usize = 128;
+/// At most this many bytes of signatures (about 3,000 ed25519 signatures): a reader
+/// loads them whole.
+pub const MAX_SIGNATURES: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
@@ -21,6 +27,8 @@ pub struct Trailer {
     pub metadata_size: u64,
     pub image_sha256: [u8; 32],
     pub metadata_sha256: [u8; 32],
+    /// Bytes of signatures between the metadata and the trailer (always 0 in version 1).
+    pub signatures_size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +53,7 @@ impl fmt::Display for TrailerError {
             TrailerError::Damaged => write!(f, "bundle trailer is damaged"),
             TrailerError::Version(v) => write!(
                 f,
-                "bundle format version {v} is not supported (this runtime reads version {FORMAT_VERSION}); rebuild the bundle or use a matching `bundle`"
+                "bundle format version {v} is not supported (this runtime reads versions {OLDEST_VERSION} to {FORMAT_VERSION}); rebuild the bundle or use a matching `bundle`"
             ),
             TrailerError::Layout(why) => write!(f, "bundle layout is inconsistent ({why}); the file is truncated or corrupted"),
         }
@@ -66,7 +74,7 @@ impl Trailer {
         b[40..48].copy_from_slice(&self.metadata_size.to_le_bytes());
         b[48..80].copy_from_slice(&self.image_sha256);
         b[80..112].copy_from_slice(&self.metadata_sha256);
-        // 112..120 reserved, zero.
+        b[112..120].copy_from_slice(&self.signatures_size.to_le_bytes());
         b[120..128].copy_from_slice(&END_MAGIC);
         b
     }
@@ -84,7 +92,7 @@ impl Trailer {
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(TrailerError::Version(version));
         }
         if u32_at(12) as usize != TRAILER_LEN {
@@ -98,6 +106,8 @@ impl Trailer {
             metadata_size: u64_at(40),
             image_sha256: b[48..80].try_into().unwrap(),
             metadata_sha256: b[80..112].try_into().unwrap(),
+            // Reserved (zero) in version 1.
+            signatures_size: if version >= 2 { u64_at(112) } else { 0 },
         };
         t.check_layout(file_len)?;
         Ok(t)
@@ -117,17 +127,37 @@ impl Trailer {
         if image_end > self.metadata_offset {
             return layout("image overlaps metadata");
         }
-        // The trailer's own length is added checked too: a metadata end within 128
-        // bytes of 2^64 must be an error, not an overflow.
-        let Some(end) =
-            self.metadata_offset.checked_add(self.metadata_size).and_then(|e| e.checked_add(TRAILER_LEN as u64))
-        else {
+        let Some(meta_end) = self.metadata_offset.checked_add(self.metadata_size) else {
             return layout("metadata size overflows");
         };
-        if end != file_len {
-            return layout(&format!("expected {end} bytes, file has {file_len}"));
+        if self.signatures_size > MAX_SIGNATURES {
+            return layout("the signatures are larger than 1 MiB");
+        }
+        // The signatures' and the trailer's lengths are added checked too: an end within
+        // a few bytes of 2^64 must be an error, not an overflow.
+        let Some(expected) = meta_end.checked_add(self.signatures_size).and_then(|n| n.checked_add(TRAILER_LEN as u64))
+        else {
+            return layout("signatures size overflows");
+        };
+        if expected != file_len {
+            return layout(&format!("expected {expected} bytes, file has {file_len}"));
         }
         Ok(())
+    }
+
+    /// Where the signatures start: right after the metadata.
+    pub fn signatures_offset(&self) -> u64 {
+        self.metadata_offset + self.metadata_size
+    }
+
+    /// What a signature signs: the image and metadata digests, bytes 48..112 of the
+    /// trailer (`tail -c 80 APP | head -c 64`). The metadata holds the chunk table's
+    /// and the stub's digests, so this covers every byte but the signatures themselves.
+    pub fn signed_message(&self) -> [u8; 64] {
+        let mut m = [0u8; 64];
+        m[..32].copy_from_slice(&self.image_sha256);
+        m[32..].copy_from_slice(&self.metadata_sha256);
+        m
     }
 }
 
@@ -144,6 +174,7 @@ mod tests {
             metadata_size: 50,
             image_sha256: [1; 32],
             metadata_sha256: [2; 32],
+            signatures_size: 0,
         }
     }
 
@@ -179,6 +210,25 @@ mod tests {
             Trailer::decode(&t.encode(), 9192 + 50 + 128),
             Err(TrailerError::Layout("metadata size overflows".into()))
         );
+    }
+
+    #[test]
+    fn signatures_lie_between_metadata_and_trailer() {
+        let t = Trailer { signatures_size: 300, ..sample() };
+        let len = 9192 + 50 + 300 + TRAILER_LEN as u64;
+        assert_eq!(Trailer::decode(&t.encode(), len).unwrap(), t);
+        assert_eq!(t.signatures_offset(), 9242);
+        assert_eq!(&t.signed_message()[..], &t.encode()[48..112]);
+        assert!(Trailer::decode(&t.encode(), len - 300).is_err());
+    }
+
+    #[test]
+    fn version_1_has_no_signatures() {
+        let t = Trailer { version: 1, ..sample() };
+        let mut b = t.encode();
+        b[112..120].copy_from_slice(&7u64.to_le_bytes());
+        let back = Trailer::decode(&b, 9192 + 50 + TRAILER_LEN as u64).unwrap();
+        assert_eq!(back.signatures_size, 0);
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub fn metadata(data: &[u8]) {
         metadata_size: data.len() as u64,
         image_sha256: sha256(b""),
         metadata_sha256: digest,
+        signatures_size: 0,
     };
     let mut file = data.to_vec();
     file.extend_from_slice(&t.encode());

@@ -17,11 +17,13 @@ use crate::exec::{drop_privileges, environment, exec};
 use crate::fail::{Context, Error, Result};
 use crate::host;
 use crate::host_mode;
+use crate::integrity::{self, open_image};
 use crate::keeper;
 use crate::loopdev;
 use crate::namespaces;
 use crate::options::{Action, Mode, Options};
 use crate::plan::{self, Found, Host, Plan};
+use crate::relaunch;
 use crate::session;
 use crate::steps::{self, Root, LOWER, OLDROOT};
 use crate::sys::{Linux, Sys};
@@ -49,7 +51,10 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = host::linger(opts.linger)?;
-    match session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who))) {
+    let exec_copy = |listener: &_, report: &_| {
+        relaunch::exec_keeper(&bundle.file, bundle.trailer.image_offset, listener, report, mode);
+    };
+    match session::attach(&key, |listener| keeper::start(listener, linger, exec_copy, || build(bundle, mode, &who))) {
         // Only `unshare` itself can tell of a seccomp filter or an enclosing limit.
         Err(e) if !forced && namespaces::is_unavailable(&e) => return run_without_namespaces(bundle, opts, known),
         r => r?,
@@ -94,6 +99,20 @@ fn run_without_namespaces(
     Err(exec(&argv, &env))
 }
 
+/// The keeper, re-executed from its private copy of the stub (`relaunch.rs`): builds
+/// the container and serves it, as [`run`] would have had it done in place.
+pub fn keep(bundle: &Bundle, opts: &Options, k: relaunch::Inherited) -> ! {
+    let build = |who: &Host| build(bundle, k.mode, who);
+    match host::caller(bundle, opts).and_then(|who| host::linger(opts.linger).map(|l| (who, l))) {
+        Ok((who, linger)) => keeper::resume(k.listener, k.report, linger, || build(&who)),
+        Err(e) => {
+            let mut report = k.report;
+            let _ = std::io::Write::write_all(&mut report, format!("E{}\n", e.0).as_bytes());
+            std::process::exit(1)
+        }
+    }
+}
+
 /// Runs in the keeper: makes the namespaces and the root, and stays inside them.
 /// Returns whether a user namespace was made (ranks must join it too).
 fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
@@ -115,6 +134,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             make_root(&Root::Tree(tree), &mut Linux::new(), || Ok(plan))?;
         }
         Mode::Kernel => {
+            integrity::check_all(bundle)?;
             let t = &bundle.trailer;
             // The handle keeps the device configured until the mount holds it.
             let (dev, _configured) = loopdev::attach(&bundle.file, t.image_offset, t.image_size)?;
@@ -136,10 +156,6 @@ fn make_root(root: &Root, sys: &mut dyn Sys, plan: impl FnOnce() -> Result<Plan>
     steps::run(&steps::scratch(root), sys)?;
     let plan = plan()?;
     steps::run(&steps::container(&plan, root), sys)
-}
-
-fn open_image(bundle: &Bundle) -> Result<Image> {
-    Image::open(&bundle.file, bundle.trailer.image_offset).context(|| "cannot read the image's tables".to_string())
 }
 
 /// Where multi-call looks for the program named by the symlink we were started through.

@@ -101,6 +101,7 @@ fn serve(fs: ImageFs, dev: OwnedFd, parent: Pid, mut ready: File) -> Result<()> 
     // extra channels (one per thread) are opened by path.
     chroot(OLDROOT).context(|| format!("cannot chroot to {OLDROOT}"))?;
     chdir("/").context(|| format!("cannot enter {OLDROOT}"))?;
+    crate::integrity::keep_stderr();
     daemon::silence_stdio();
     ready.write_all(b"r").context(|| "cannot report that the FUSE server is ready".to_string())?;
     drop(ready);
@@ -148,7 +149,13 @@ struct ImageFs {
     /// and directory cache as `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` would.
     no_open: bool,
     no_opendir: bool,
+    /// The bundle's path, and the damaged chunks already reported (each once).
+    bundle: String,
+    reported: Mutex<Vec<String>>,
 }
+
+/// Damaged chunks reported, at most.
+const REPORTS: usize = 32;
 
 enum Node {
     Image(Inode),
@@ -168,6 +175,8 @@ impl ImageFs {
             parents: Mutex::new(HashMap::new()),
             no_open: false,
             no_opendir: false,
+            bundle: crate::integrity::name(),
+            reported: Mutex::new(Vec::new()),
         };
         let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
         for (path, kind) in mount_points {
@@ -190,6 +199,20 @@ impl ImageFs {
             by_path.insert(path.clone(), ino);
         }
         Ok(fs)
+    }
+
+    /// `EIO` for a failed read; a damaged chunk (the reader's `InvalidData`) is also
+    /// told to the process that asked, once a chunk.
+    fn eio(&self, req: &Request, e: &std::io::Error) -> Errno {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            let what = e.to_string();
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if reported.len() < REPORTS && !reported.contains(&what) {
+                crate::integrity::tell(req.pid(), &self.bundle, &what);
+                reported.push(what);
+            }
+        }
+        Errno::EIO
     }
 
     fn ino(&self, r: InodeRef) -> u64 {
@@ -386,7 +409,7 @@ impl Filesystem for ImageFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -415,7 +438,7 @@ impl Filesystem for ImageFs {
         };
         match answer {
             Ok(buf) => reply.data(&buf),
-            Err(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(self.eio(req, &e)),
         }
     }
 

@@ -25,24 +25,43 @@ use std::time::{Duration, Instant};
 
 /// Starts a keeper that runs `build` (which must leave the calling process inside the
 /// finished container) and then serves joins on `listener`. Returns once the keeper is
-/// ready, or with the error that stopped it.
-pub fn start(listener: UnixListener, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
+/// ready, or with the error that stopped it. The keeper first calls `exec_copy`, which
+/// re-executes it from a private copy of the stub (`relaunch.rs`), to [`resume`] there;
+/// if that fails, it goes on from the bundle file's pages.
+pub fn start(
+    listener: UnixListener,
+    linger: Duration,
+    exec_copy: impl FnOnce(&UnixListener, &File),
+    build: impl FnOnce() -> Result<bool>,
+) -> Result<()> {
     let (middle, report) = daemon::fork_reporting("the container keeper", |report| {
         let _ = setsid();
         // SAFETY: single-threaded; the middle process exits at once, so the keeper is
         // re-parented away from the rank.
         if let Ok(ForkResult::Child) = unsafe { fork() } {
+            exec_copy(&listener, &report);
             run_keeper(listener, report, linger, build);
         }
         // SAFETY: leave without running the parent's atexit handlers or destructors.
         unsafe { libc::_exit(0) }
     })?;
     let _ = waitpid(middle, None);
+    // A keeper that neither reports nor dies (wedged while building) must not hold
+    // this run forever; the socket it holds is gone around by later runs (session.rs).
+    let mut ready = [PollFd::new(report.as_fd(), PollFlags::POLLIN)];
+    let ms = START_WAIT.as_millis() as i32;
+    if !matches!(poll(&mut ready, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(1)) {
+        return Err(Error(format!("the container keeper did not start in {} s", START_WAIT.as_secs())));
+    }
     // One line: the FUSE server inherits the pipe, so it may never reach EOF.
     let mut report_line = String::new();
     let _ = BufReader::new(report).read_line(&mut report_line);
     read_report(report_line.trim_end())
 }
+
+/// How long a run waits for the keeper it started to build the container (extract
+/// mode unpacks the image meanwhile).
+const START_WAIT: Duration = Duration::from_secs(600);
 
 /// The keeper's one line: `R` when ready, `E` and the message when it failed.
 fn read_report(line: &str) -> Result<()> {
@@ -53,6 +72,11 @@ fn read_report(line: &str) -> Result<()> {
         Some(message) => Err(Error(message.to_string())),
         None => Err(Error("the container keeper died while starting".into())),
     }
+}
+
+/// The keeper, re-executed from its private copy with what [`start`] handed over.
+pub fn resume(listener: UnixListener, report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {
+    run_keeper(listener, report, linger, build)
 }
 
 fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {

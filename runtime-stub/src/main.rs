@@ -12,14 +12,17 @@ mod fuse;
 mod host;
 mod host_mode;
 mod hostlibs;
+mod integrity;
 mod keeper;
 mod loopdev;
 mod namespaces;
 mod options;
 mod plan;
+mod relaunch;
 mod session;
 mod steps;
 mod sys;
+mod trust;
 mod yaml;
 
 use bundle_format::Bundle;
@@ -39,23 +42,50 @@ fn run(opts: &Options) -> Result<()> {
         print!("{}", options::HELP);
         return Ok(());
     }
-    let bundle = open_self()?;
+    // A keeper re-executed from its copy of the stub is handed its bundle.
+    let inherited = relaunch::inherited();
+    let bundle = match &inherited {
+        Some(k) => {
+            integrity::set_name(&k.name);
+            let file = k.bundle.try_clone().map_err(|e| Error(format!("cannot reopen the bundle: {e}")))?;
+            Bundle::from_file(file).map_err(|e| Error(format!("this bundle cannot be read: {e}")))?
+        }
+        None => open_self()?,
+    };
+    integrity::name();
     match &opts.action {
-        Action::Info => print!("{}", String::from_utf8_lossy(&bundle.metadata.to_json())),
+        Action::Info => print!("{}", info(&bundle)),
         Action::Offset => println!("{}", bundle.trailer.image_offset),
         Action::Verify => {
-            bundle.verify_image().context(|| "the image does not verify".to_string())?;
+            integrity::check_all(&bundle)?;
             println!("ok: image sha256 {}", bundle.image_digest());
         }
         Action::Extract(dir) => {
-            let image = bundle_squashfs::Image::open(&bundle.file, bundle.trailer.image_offset)
-                .context(|| "cannot read the image".to_string())?;
+            let image = integrity::open_image(&bundle)?;
             bundle_squashfs::extract::to_dir(&image, dir)
                 .context(|| format!("cannot unpack the image into {}", dir.display()))?;
         }
-        Action::Run | Action::Exec | Action::Shell | Action::Help => match container::run(&bundle, opts)? {},
+        Action::Run | Action::Exec | Action::Shell | Action::Help => {
+            if let Some(k) = inherited {
+                container::keep(&bundle, opts, k)
+            }
+            trust::check(&bundle)?;
+            match container::run(&bundle, opts)? {}
+        }
     }
     Ok(())
+}
+
+/// The metadata as it is in the file, with the signers' keys added as its last field
+/// (`signers`). Spliced into the text: neither serialising the metadata again nor
+/// building a `serde_json::Value` (20 KB of stub) is needed.
+fn info(bundle: &Bundle) -> String {
+    let json = String::from_utf8_lossy(&bundle.metadata_json).into_owned();
+    let signers = serde_json::to_string(&trust::signers(bundle)).expect("JSON serialises");
+    match json.trim_end().strip_suffix('}') {
+        Some(head) => format!("{},\n  \"signers\": {signers}\n}}\n", head.trim_end()),
+        None => json,
+    }
 }
 
 /// Our own file, through `/proc/self/exe` (a path the caller used may be relative, or

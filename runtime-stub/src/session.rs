@@ -44,7 +44,14 @@ enum Answer {
     Foreign,
     /// The keeper went away while we asked (it was leaving, or failed to start).
     Retry,
+    /// The keeper holds the name but did not answer in [`JOIN_WAIT`]: it is wedged.
+    Silent,
 }
+
+/// How long a join waits for the keeper's answer. A keeper answers in microseconds once
+/// it serves; ranks that arrive while it builds the container wait for the build, which
+/// in extract mode unpacks the image (a few GB a minute).
+const JOIN_WAIT: Duration = Duration::from_secs(120);
 
 /// Joins the session's container, starting a keeper with `start` (which gets the bound
 /// socket) if none is running. On return this process is inside the container's
@@ -62,6 +69,15 @@ pub fn attach(key: &str, start: impl FnOnce(UnixListener) -> Result<()>) -> Resu
             Answer::Foreign => {
                 eprintln!(
                     "bundle: warning: another user holds the session name {name}; this run gets a container of its own"
+                );
+                name = format!("bundle/{me}/{key}/{}", std::process::id());
+            }
+            // A wedged keeper must not hang every later run of the job: go around it.
+            Answer::Silent => {
+                eprintln!(
+                    "bundle: warning: the container keeper of @{name} did not answer in {} s; this run gets a \
+                     container of its own",
+                    JOIN_WAIT.as_secs()
                 );
                 name = format!("bundle/{me}/{key}/{}", std::process::id());
             }
@@ -92,14 +108,18 @@ fn ask(addr: &SocketAddr, me: Uid) -> Answer {
         Ok(c) if c.uid() == me.as_raw() => {}
         _ => return Answer::Foreign,
     }
+    let _ = s.set_read_timeout(Some(JOIN_WAIT));
+    let _ = s.set_write_timeout(Some(JOIN_WAIT));
     if s.write_all(b"j").is_err() {
         return Answer::Retry;
     }
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = cmsg_space!([std::os::fd::RawFd; 2]);
-    let Ok(msg) = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
-        return Answer::Retry;
+    let msg = match recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN) => return Answer::Silent,
+        Err(_) => return Answer::Retry,
     };
     let mut fds = Vec::new();
     for c in msg.cmsgs().into_iter().flatten() {

@@ -15,7 +15,7 @@ pub mod extract;
 pub mod layout;
 mod read;
 
-pub use read::{DirCookie, Entries, Entry, Image, Inode, InodeRef, Kind, Piece};
+pub use read::{Chunks, DirCookie, Entries, Entry, Image, Inode, InodeRef, Kind, Piece};
 
 /// A path for a one-line message: whole up to 200 bytes, else its start and its end
 /// around how much was left out. An image can nest names 6 KB deep, and a message that

@@ -102,6 +102,8 @@ pub struct TrailerInfo {
     pub metadata_offset: u64,
     pub metadata_size: u64,
     pub image_sha256: String,
+    /// Bytes of signatures between metadata and trailer (version 2).
+    pub signatures_size: u64,
 }
 
 pub fn read_trailer(path: &Path) -> TrailerInfo {
@@ -117,6 +119,7 @@ pub fn read_trailer(path: &Path) -> TrailerInfo {
         metadata_offset: u64_at(32),
         metadata_size: u64_at(40),
         image_sha256: t[48..80].iter().map(|b| format!("{b:02x}")).collect(),
+        signatures_size: u64_at(112),
     }
 }
 

@@ -251,19 +251,26 @@ pub fn ns_lines(out: &Out) -> Vec<(u64, u64, i32)> {
 // Counting keepers
 
 /// The pids of the keepers of `bundle` among the processes tagged `tag`: a keeper is
-/// the stub itself (its executable is the bundle file) re-parented to init by its
-/// double fork. (A rank runs the stub too, but only until its exec, and as a child of
-/// its launcher; the FUSE server is the keeper's child.) Under a child subreaper other
-/// than init a keeper is not found this way.
+/// the stub re-parented to init by its double fork, running from a memfd copy of the
+/// bundle's stub (its executable `/memfd:bundle-keeper`) and holding the bundle file
+/// open, or, where it could not make the copy, from the bundle file itself. (A rank
+/// runs the stub too, but only until its exec, and as a child of its launcher; the
+/// FUSE server is the keeper's child.) Under a child subreaper other than init a
+/// keeper is not found this way.
 pub fn keepers(tag: &str, bundle: &Path) -> Vec<i32> {
     let Ok(b) = fs::metadata(bundle) else { return Vec::new() };
+    let is_bundle = |p: &Path| fs::metadata(p).is_ok_and(|m| m.dev() == b.dev() && m.ino() == b.ino());
+    let from_copy = |pid: i32| {
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        exe.to_string_lossy().starts_with("/memfd:bundle-keeper")
+            && fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten().any(|fd| is_bundle(&fd.path()))
+    };
     tagged_processes(tag)
         .into_iter()
         .map(|(pid, _)| pid)
-        .filter(|pid| {
-            let same_file =
-                fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| m.dev() == b.dev() && m.ino() == b.ino());
-            same_file && parent_of(*pid) == Some(1)
+        .filter(|&pid| {
+            let keeper_of_bundle = is_bundle(Path::new(&format!("/proc/{pid}/exe"))) || from_copy(pid);
+            keeper_of_bundle && parent_of(pid) == Some(1)
         })
         .collect()
 }

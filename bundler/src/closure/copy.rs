@@ -81,6 +81,7 @@ impl Copier<'_> {
                 path: at.absolute(),
                 source: host_path.display().to_string(),
                 reason: reason.to_string(),
+                package: None,
             });
         }
         tree.insert(at.clone(), host_entry(kind, &meta)).map_err(anyhow::Error::msg)

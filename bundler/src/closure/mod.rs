@@ -443,6 +443,7 @@ impl<'t, 's> Closure<'t, 's> {
             path: "/etc/ld.so.cache".into(),
             source: "(generated)".into(),
             reason: format!("library cache for the image ({n} entries), in place of ldconfig"),
+            package: None,
         });
         Ok(())
     }

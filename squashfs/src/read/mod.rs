@@ -20,11 +20,13 @@ mod data;
 mod dir;
 mod inode;
 mod meta;
+mod verify;
 mod walk;
 
 pub use data::Piece;
 pub use dir::{DirCookie, Entries, Entry};
 pub use inode::{Inode, InodeRef, Kind};
+pub use verify::Chunks;
 
 use crate::layout::*;
 use cache::Cache;
@@ -36,6 +38,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Component, Path};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
+use verify::Verifier;
 
 /// Decompressed metadata blocks kept: 256 × 8 KiB = 2 MiB, the inodes and listings of
 /// tens of thousands of entries.
@@ -63,6 +66,8 @@ struct Inner {
     file: File,
     /// Where the image starts in `file`.
     offset: u64,
+    /// Checks chunks against their digests, for an image opened with them.
+    verifier: Option<Verifier>,
     sb: Superblock,
     inodes: Region,
     directories: Region,
@@ -79,12 +84,24 @@ struct Inner {
 }
 
 impl Image {
-    /// Opens the image that starts at `offset` in `file`.
+    /// Opens the image that starts at `offset` in `file`, trusting its bytes.
     pub fn open(file: &File, offset: u64) -> io::Result<Image> {
+        Image::open_with(file, offset, None)
+    }
+
+    /// Opens the image that starts at `offset` in `file`; no byte of it is used before
+    /// the chunk that holds it matches its digest (see [`Chunks`]). A chunk that does
+    /// not is an error for every read that needs it, and only for those.
+    pub fn open_verified(file: &File, offset: u64, chunks: Chunks) -> io::Result<Image> {
+        let verifier = Verifier::new(chunks, file)?;
+        Image::open_with(file, offset, Some(verifier))
+    }
+
+    fn open_with(file: &File, offset: u64, verifier: Option<Verifier>) -> io::Result<Image> {
         let file = file.try_clone()?;
         let file_len = file.metadata()?.len();
         let mut raw = [0u8; SUPERBLOCK_SIZE];
-        file.read_exact_at(&mut raw, offset)
+        read_image(&file, offset, verifier.as_ref(), &mut raw, 0)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot read the squashfs superblock: {e}")))?;
         let sb = Superblock::decode(&raw).map_err(corrupt)?;
         check_compressor(&sb)?;
@@ -112,6 +129,7 @@ impl Image {
         let mut inner = Inner {
             file,
             offset,
+            verifier,
             inodes: Region { start: inode_start, end: dir_start },
             directories: Region { start: dir_start, end: sb.bytes_used },
             lookup: Region { start: dir_start, end: sb.bytes_used },
@@ -216,13 +234,23 @@ fn check_compressor(sb: &Superblock) -> io::Result<()> {
     ))
 }
 
+/// Every read of the image: through the verifier when there is one.
+fn read_image(file: &File, offset: u64, verifier: Option<&Verifier>, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    let read = match verifier {
+        Some(v) => v.read(file, offset, buf, pos),
+        None => file.read_exact_at(buf, offset + pos),
+    };
+    read.map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt(format!("it ends before byte {}", pos + buf.len() as u64)),
+        io::ErrorKind::InvalidData => e,
+        _ => io::Error::new(e.kind(), format!("cannot read the image at byte {pos}: {e}")),
+    })
+}
+
 impl Inner {
     /// Reads `len` bytes at `pos` of the image.
     fn pread(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, self.offset + pos).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => corrupt(format!("it ends before byte {}", pos + buf.len() as u64)),
-            _ => io::Error::new(e.kind(), format!("cannot read the image at byte {pos}: {e}")),
-        })
+        read_image(&self.file, self.offset, self.verifier.as_ref(), buf, pos)
     }
 
     /// The array of metadata block positions that locates the entries of a lookup table.

@@ -1,0 +1,86 @@
+//! The image as the runtime reads it: in a version-2 bundle, every chunk of the image
+//! is checked against the chunk table the first time it is read (fuse and extract
+//! modes), or all of it before the kernel is given it (kernel mode).
+
+use crate::fail::{Context, Error, Result};
+use bundle_format::Bundle;
+use bundle_squashfs::{Chunks, Image};
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
+
+/// The image, each chunk checked before its bytes are used; a version-1 bundle (no
+/// chunk table) is read as it is. A chunk that does not match is an error for the
+/// reads that need it, which names the offset (the FUSE server, whose errors reach the
+/// application only as `EIO`, also tells the application: [`tell`]).
+pub fn open_image(bundle: &Bundle) -> Result<Image> {
+    let offset = bundle.trailer.image_offset;
+    let opened = match bundle.chunk_table().context(|| format!("{}: cannot read the chunk table", name()))? {
+        None => Image::open(&bundle.file, offset),
+        Some(table) => {
+            let (size, image_size) = (table.chunk_size(), table.image_size());
+            let check = Box::new(move |i: u64, bytes: &[u8]| table.matches(i, bytes));
+            let chunks = Chunks { size, image_size, check };
+            Image::open_verified(&bundle.file, offset, chunks)
+        }
+    };
+    opened.context(|| format!("{}: cannot read the image's tables", name()))
+}
+
+/// Kernel mode: the kernel reads the image through a loop device, past any check of
+/// ours, so all of it is checked first (about a second per 1.5 GB, once per keeper).
+pub fn check_all(bundle: &Bundle) -> Result<()> {
+    bundle.verify_all().map_err(|e| Error(format!("{}: {e}", name())))
+}
+
+/// The stderr the FUSE server was started with, when telling through it is harmless.
+static KEPT_STDERR: OnceLock<File> = OnceLock::new();
+
+/// Called by the FUSE server before it silences its stdio: keeps its stderr if that is
+/// a terminal or a file. A pipe or socket is not kept: the server outlives the first
+/// application while a container lingers, and would hold `$(app.sif 2>&1)` open.
+pub fn keep_stderr() {
+    let Ok(f) = std::io::stderr().as_fd().try_clone_to_owned().map(File::from) else { return };
+    let harmless = f.is_terminal() || f.metadata().is_ok_and(|m| m.is_file());
+    if harmless {
+        let _ = KEPT_STDERR.set(f);
+    }
+}
+
+/// One line for process `pid` (the FUSE request's sender), where it can be seen: the
+/// stderr kept by [`keep_stderr`] (the first application's, sharing its file offset);
+/// else the sender's own stderr, if we may open it (programs of the image often are
+/// not dumpable: their root owner is not mapped in the user namespace); else the
+/// system log.
+pub fn tell(pid: u32, bundle: &str, what: &str) {
+    let line = format!("bundle: {bundle}: {what}; reads of it fail with EIO\n");
+    if KEPT_STDERR.get().is_some_and(|mut f| f.write_all(line.as_bytes()).is_ok()) {
+        return;
+    }
+    // O_APPEND: a stderr redirected to a log file is appended to, never overwritten.
+    let stderr = OpenOptions::new().append(true).open(format!("/proc/{pid}/fd/2"));
+    if stderr.and_then(|mut f| f.write_all(line.as_bytes())).is_ok() {
+        return;
+    }
+    // <27>: facility daemon, severity error.
+    let entry = format!("<27>bundle[{}]: {}", std::process::id(), line.trim_end());
+    if let Ok(log) = UnixDatagram::unbound() {
+        let _ = log.send_to(entry.as_bytes(), "/dev/log");
+    }
+}
+
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// In the re-executed keeper, whose own file is a memfd: the bundle's path.
+pub fn set_name(name: &str) {
+    let _ = NAME.set(name.to_string());
+}
+
+/// The bundle's path, for messages: read once, at start-up (`main` asks first),
+/// while `/proc` is still where it was.
+pub fn name() -> String {
+    let read = || std::fs::read_link("/proc/self/exe").map(|p| p.display().to_string());
+    NAME.get_or_init(|| read().unwrap_or_else(|_| "this bundle".into())).clone()
+}
