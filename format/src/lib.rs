@@ -24,6 +24,7 @@ mod metadata;
 mod reader;
 pub mod signatures;
 mod trailer;
+pub mod tree;
 
 pub use bind::BindSpec;
 pub use chunks::{table_len, ChunkTable, CHUNK_SIZE};

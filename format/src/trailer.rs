@@ -208,7 +208,7 @@ mod tests {
         t.metadata_size = u64::MAX - 9192 - 10;
         assert_eq!(
             Trailer::decode(&t.encode(), 9192 + 50 + 128),
-            Err(TrailerError::Layout("metadata size overflows".into()))
+            Err(TrailerError::Layout("signatures size overflows".into()))
         );
     }
 

@@ -24,7 +24,7 @@
 
 use crate::fail::{Error, Result};
 use crate::plan::{Injected, UserBind};
-use crate::yaml::{self, Value};
+use bundle_format::tree::{self as yaml, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
 
