@@ -148,7 +148,8 @@ impl Output {
     }
 }
 
-fn digest_region(f: &File, offset: u64, len: u64) -> Result<[u8; 32]> {
+/// SHA-256 of `len` bytes of `f` from `offset`.
+pub fn digest_region(f: &File, offset: u64, len: u64) -> Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;

@@ -76,8 +76,8 @@ pub fn load(path: &Path) -> Result<BuildFile> {
     Ok(f)
 }
 
-/// Parses build-file text; an error reads `LINE: message`.
-fn parse(text: &str) -> Result<BuildFile> {
+/// Parses build-file text; an error reads `LINE: message`. (Public for the fuzz target.)
+pub fn parse(text: &str) -> Result<BuildFile> {
     match toml::from_str::<BuildFile>(text) {
         Ok(f) => Ok(f),
         Err(e) => {

@@ -55,11 +55,14 @@ fn a_signal_mid_build_leaves_no_temporary_file() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Mid-way: once the temporary output exists and has grown.
+        // Mid-way: once the temporary output (named `.bundle-*`, or unnamed with
+        // O_TMPFILE, then seen only through the build's descriptors) has grown.
         let start = Instant::now();
         loop {
-            let growing = fs::read_dir(&out_dir).unwrap().filter_map(|e| e.ok()).any(|e| {
-                e.file_name().to_string_lossy().starts_with(".bundle-") && e.metadata().unwrap().len() > 4 << 20
+            let fds = fs::read_dir(format!("/proc/{}/fd", child.id())).into_iter().flatten().flatten();
+            let growing = fds.into_iter().any(|e| {
+                let into_out = fs::read_link(e.path()).is_ok_and(|t| t.starts_with(&out_dir));
+                into_out && fs::metadata(e.path()).is_ok_and(|m| m.len() > 4 << 20)
             });
             if growing {
                 break;

@@ -205,3 +205,13 @@ fn filelist() {
 fn bind() {
     run("bind");
 }
+
+#[test]
+fn buildfile() {
+    run("buildfile");
+}
+
+#[test]
+fn cdi() {
+    run("cdi");
+}

@@ -47,17 +47,19 @@ pub(crate) struct Verifier {
     changed: AtomicBool,
 }
 
+/// What a write to the file changes: its size or its modification time. Not its change
+/// time: a hard link made or removed, a chmod or chown change that too, and a job
+/// directory that hard-links a shared bundle must not break the jobs already using it.
 #[derive(PartialEq, Eq, Clone, Copy)]
 struct Stamp {
     len: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Stamp {
     fn of(file: &File) -> io::Result<Stamp> {
         let m = file.metadata()?;
-        Ok(Stamp { len: m.len(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) })
+        Ok(Stamp { len: m.len(), mtime: (m.mtime(), m.mtime_nsec()) })
     }
 }
 
