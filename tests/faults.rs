@@ -414,6 +414,45 @@ fn no_space_while_unpacking_into_the_cache_one_line_and_no_half_cache() {
 }
 
 #[test]
+fn a_cache_on_a_file_system_without_rename_across_directories() {
+    // overlayfs without redirect_dir: a directory of the lower layer cannot be renamed
+    // into another directory (EXDEV). The cache publishes a tree by renaming it within
+    // one directory (`images/.tmp-*` to `images/<digest>`), which such a file system
+    // allows.
+    require_root("mounting an overlay");
+    let t = Test::new("cache-overlay");
+    let (app, want) = data_bundle(t.dir.path(), "app", 1);
+    let lower = t.dir.user_dir("lower");
+    for d in ["cache/images", "x/sub", "y"] {
+        fs::create_dir_all(lower.join(d)).unwrap();
+    }
+    let layers = HostMount::tmpfs(&t.dir.user_dir("layers"));
+    let (upper, work, merged) = (layers.path.join("upper"), layers.path.join("work"), t.dir.user_dir("merged"));
+    for d in [&upper, &work] {
+        fs::create_dir(d).unwrap();
+        chown_to_user(d);
+    }
+    run(Command::new("chown").arg("-R").arg(format!("{}:{}", user().uid, user().gid)).arg(&lower)).assert_success();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged)).assert_success();
+    let overlay = HostMount { path: merged.clone() };
+    let across = fs::rename(merged.join("x/sub"), merged.join("y/sub"));
+    assert_eq!(across.map_err(|e| e.raw_os_error()), Err(Some(libc::EXDEV)), "the overlay should refuse that rename");
+    let mut c = t.app(&app, Mode::Extract, &["sum", "/data/big"]);
+    c.env("BUNDLE_CACHE_DIR", merged.join("cache"));
+    run(&mut c).assert_success().assert_stdout(&want);
+    run(&mut c).assert_success().assert_stdout(&want);
+    t.assert_cache_clean(&merged.join("cache"));
+    drop(overlay);
+    drop(layers);
+}
+
+#[test]
 fn a_cache_directory_that_is_read_only_or_on_a_full_disk() {
     let t = Test::new("cache-ro-full");
     let (app, want) = data_bundle(t.dir.path(), "app", 1);

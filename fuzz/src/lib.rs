@@ -47,11 +47,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "filelist", what: "a `--files` list: lines, destinations, the tree they make", run: filelist },
     Target { name: "bind", what: "bind specs, as `--bundle-bind` and `BUNDLE_BIND` give them", run: bind },
     Target { name: "buildfile", what: "a build file (bundle.toml), as `bundle build -f` reads it", run: buildfile },
-    Target {
-        name: "cdi",
-        what: "the YAML/JSON reader CDI spec files (and the metadata) are read with",
-        run: cdi,
-    },
+    Target { name: "cdi", what: "the YAML/JSON reader CDI spec files (and the metadata) are read with", run: cdi },
 ];
 
 /// Targets named in issue 11 whose parsers are not on this branch yet (see the module
