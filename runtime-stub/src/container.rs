@@ -134,7 +134,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             make_root(&Root::Tree(tree), &mut Linux::new(), || Ok(plan))?;
         }
         Mode::Kernel => {
-            integrity::check_all(bundle)?;
+            integrity::check_before_kernel_mount(bundle)?;
             let t = &bundle.trailer;
             // The handle keeps the device configured until the mount holds it.
             let (dev, _configured) = loopdev::attach(&bundle.file, t.image_offset, t.image_size)?;

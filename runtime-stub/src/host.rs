@@ -206,9 +206,11 @@ pub fn choose_mode(flag: Option<Mode>) -> Result<(Mode, bool)> {
         (None, Ok(v)) if !v.is_empty() => Some(Mode::parse(&v).map_err(|e| Error(format!("BUNDLE_MODE: {}", e.0)))?),
         _ => None,
     };
+    // What keeps an ordinary user from a namespace, read only where it matters.
+    let limit = || if root { None } else { namespaces::known_limit() };
     let chosen = match forced {
-        Some(Mode::Fuse | Mode::Extract) if !root && namespaces::known_limit().is_some() => {
-            Err(Error(format!("{}: {}", namespaces::UNAVAILABLE, namespaces::known_limit().unwrap_or_default())))
+        Some(Mode::Fuse | Mode::Extract) if let Some(why) = limit() => {
+            Err(Error(format!("{}: {why}", namespaces::UNAVAILABLE)))
         }
         Some(Mode::Kernel) if !root => {
             Err(Error("kernel mode needs root (CAP_SYS_ADMIN); use --bundle-mode=fuse or extract".into()))
@@ -221,7 +223,7 @@ pub fn choose_mode(flag: Option<Mode>) -> Result<(Mode, bool)> {
         Some(Mode::Extract) => Ok(Mode::Extract),
         Some(Mode::Host) => Ok(Mode::Host),
         None if root && Path::new("/dev/loop-control").exists() => Ok(Mode::Kernel),
-        None if !root && namespaces::known_limit().is_some() => Ok(Mode::Host),
+        None if limit().is_some() => Ok(Mode::Host),
         None if fuse::open_device_in(Path::new("/")).is_ok() => Ok(Mode::Fuse),
         None => Ok(Mode::Extract),
     };

@@ -34,17 +34,22 @@ pub fn open_image(bundle: &Bundle) -> Result<Image> {
 /// version of the file: a check that passed is remembered in [`CHECKED`] (root's, as
 /// kernel mode is), keyed by the image digest and by the file's identity, size and
 /// modification time, so that a job's later starts, and other jobs', skip it.
-pub fn check_all(bundle: &Bundle) -> Result<()> {
+pub fn check_before_kernel_mount(bundle: &Bundle) -> Result<()> {
     let memo = std::path::Path::new(CHECKED).join(bundle.image_digest());
     let stamp = file_stamp(&bundle.file);
     if stamp.as_ref().is_some_and(|s| std::fs::read_to_string(&memo).is_ok_and(|m| &m == s)) {
         return Ok(());
     }
-    bundle.verify_all().map_err(|e| Error(format!("{}: {e}", name())))?;
+    verify_all(bundle)?;
     if let Some(stamp) = stamp {
         remember(&memo, &stamp);
     }
     Ok(())
+}
+
+/// Every digest of the bundle, every time (`--bundle-verify`).
+pub fn verify_all(bundle: &Bundle) -> Result<()> {
+    bundle.verify_all().map_err(|e| Error(format!("{}: {e}", name())))
 }
 
 /// Where kernel mode remembers the images it checked (on a tmpfs: gone at reboot).

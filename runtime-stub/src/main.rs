@@ -56,7 +56,7 @@ fn run(opts: &Options) -> Result<()> {
         Action::Info => print!("{}", info(&bundle)),
         Action::Offset => println!("{}", bundle.trailer.image_offset),
         Action::Verify => {
-            integrity::check_all(&bundle)?;
+            integrity::verify_all(&bundle)?;
             println!("ok: image sha256 {}", bundle.image_digest());
         }
         Action::Extract(dir) => {
