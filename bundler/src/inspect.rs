@@ -63,9 +63,16 @@ pub fn inspect(path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `2026-12-01 21:55:03 UTC`: seconds since the epoch as a UTC date and time, by the
-/// civil-from-days algorithm (H. Hinnant), to need no date crate for one line.
+/// `2026-12-01 21:55:03 UTC`: seconds since the epoch as a UTC date and time.
 fn utc_date(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// Seconds since the epoch as (year, month, day, hour, minute, second) in UTC, by the
+/// civil-from-days algorithm (H. Hinnant, proleptic Gregorian), to need no date crate
+/// for `inspect` and the SBOM.
+pub fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
@@ -77,7 +84,7 @@ fn utc_date(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    (year, month, day, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Every digest (stub, chunk table, each chunk, image, metadata) and every signature;

@@ -146,21 +146,10 @@ fn file_sha256(image: &Image, path: &str) -> Result<Option<String>> {
     Ok(Some(hex(&h.finalize())))
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ` (civil-from-days, proleptic
-/// Gregorian), without a time crate.
+/// Seconds since the epoch as `YYYY-MM-DDThh:mm:ssZ`.
 fn iso8601(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let s = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
+    let (y, mo, d, h, mi, s) = crate::inspect::civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 #[cfg(test)]
