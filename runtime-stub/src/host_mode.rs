@@ -17,6 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 
 /// Where a loader finds libraries when nothing else says: the first that exist.
@@ -161,29 +162,40 @@ fn glob_conf(tree: &Path, pattern: &str) -> Vec<PathBuf> {
 /// The `PT_INTERP` of an ELF file (`None` for a static program). Only what the loader
 /// needs is read: the header and the program headers.
 fn elf_interpreter(path: &Path) -> Result<Option<Vec<u8>>> {
+    const PHDR_SIZE: usize = 56;
+    const PT_INTERP: u32 = 3;
     let bad = |what: &str| Error(format!("{}: {what}", path.display()));
-    let bytes = fs::read(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
-    if !bytes.starts_with(b"\x7fELF") {
+    let file = fs::File::open(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
+    let read = |len: usize, at: u64| -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, at).map_err(|_| bad("a truncated ELF program"))?;
+        Ok(buf)
+    };
+    let mut head = [0u8; 64];
+    let n = (&file).read(&mut head).map_err(|e| bad(&format!("cannot read it: {e}")))?;
+    if !head[..n].starts_with(b"\x7fELF") {
         return Err(bad("not an ELF program or a #! script"));
     }
-    if bytes.get(4) != Some(&2) || bytes.get(5) != Some(&1) {
+    if n < head.len() || head[4] != 2 || head[5] != 1 {
         return Err(bad("not a 64-bit little-endian ELF program"));
     }
-    let u16_at = |i: usize| bytes.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u64_at = |i: usize| bytes.get(i..i + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return Err(bad("a truncated ELF header"));
-    };
-    for i in 0..phnum {
-        let at = phoff.saturating_add(i.saturating_mul(phentsize));
-        let kind = bytes.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-        if kind != Some(3) {
-            continue; // not PT_INTERP
+    let u16_at = |b: &[u8], i: usize| usize::from(u16::from_le_bytes([b[i], b[i + 1]]));
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let (phoff, phentsize, phnum) = (u64_at(&head, 0x20), u16_at(&head, 0x36), u16_at(&head, 0x38));
+    if phnum > 0 && phentsize != PHDR_SIZE {
+        return Err(bad("ELF program headers of an unknown size"));
+    }
+    // Only the program headers are read, not the whole program.
+    let phdrs = read(phnum * PHDR_SIZE, phoff)?;
+    for ph in phdrs.chunks_exact(PHDR_SIZE) {
+        if u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) != PT_INTERP {
+            continue;
         }
-        let (Some(off), Some(size)) = (u64_at(at + 8), u64_at(at + 32)) else {
-            return Err(bad("a truncated ELF program header"));
-        };
-        let interp = bytes.get(off..off.saturating_add(size)).ok_or_else(|| bad("PT_INTERP outside the file"))?;
+        let (off, size) = (u64_at(ph, 8), u64_at(ph, 32));
+        if size == 0 || size > 4096 {
+            return Err(bad("PT_INTERP is not a path"));
+        }
+        let interp = read(size as usize, off)?;
         let interp = interp.split(|&b| b == 0).next().unwrap_or_default();
         return Ok(Some(interp.to_vec()));
     }
