@@ -389,6 +389,20 @@ class Bench:
         offset, size = struct.unpack_from("<QQ", t, 16)
         return offset, size
 
+    @staticmethod
+    def unchecked_copy(sif, out):
+        """The same bundle without the per-block check (issue 10): its copy with version 1
+        in the trailer, which a version-1 reader (and the runtime, for such a file) takes
+        as it is, ignoring the chunk table. Stub, image and metadata are the same bytes."""
+        b = bytearray(Path(sif).read_bytes())
+        at = len(b) - 128 + 8
+        if struct.unpack_from("<I", b, at)[0] != 2:
+            raise Failed(f"{sif}: not a version-2 bundle")
+        b[at:at + 4] = struct.pack("<I", 1)
+        Path(out).write_bytes(b)
+        os.chmod(out, 0o755)
+        return out
+
     def meta(self):
         def first_line(cmd):
             try:
@@ -471,13 +485,14 @@ class Bench:
         self.mkdir(d / "tiny/bin")
         shutil.copy2(self.bin / "tiny", d / "tiny/bin/x")
         tiny_sif = self.build_bundle(d / "tiny.sif", "--dir", d / "tiny", "-e", "/bin/x")
+        unchecked = self.unchecked_copy(sif, d / "x-unchecked.sif")
         tree = d / "dir"
         self.sh([self.bundle, "extract", sif, tree])  # the bundle's very image content
         sqfs = d / "x.sqfs"
         self.sh(["mksquashfs", tree, sqfs, "-comp", "zstd", "-Xcompression-level", "15", "-b", "131072",
                  "-noappend", "-all-root", "-quiet", "-no-progress"])
         true = self.bin / "true"
-        cache1, cache2 = udir / "cache-first", udir / "cache-cached"
+        cache1, cache2, cache3 = udir / "cache-first", udir / "cache-cached", udir / "cache-unchecked"
         cold = {"BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}
         warm = {"BUNDLE_SHARE": f"bench-warm-{os.getpid()}", "BUNDLE_LINGER": "600"}
         V = [  # name, as root?, extra env, argv, pre-command
@@ -500,6 +515,10 @@ class Bench:
             ("bare, 8 KB app", False, {}, [self.bin / "tiny"], None),
             ("fuse cold, 8 KB app", False, {"BUNDLE_MODE": "fuse", **cold}, [tiny_sif], None),
             ("kernel cold, 8 KB app (root)", True, {"BUNDLE_MODE": "kernel", **cold}, [tiny_sif], None),
+            # the same bundle without the per-block check (issue 10)
+            ("fuse cold, no chunk check", False, {"BUNDLE_MODE": "fuse", **cold}, [unchecked], None),
+            ("extract first, no chunk check", False, {"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": cache3, **cold},
+             [unchecked], ["/bin/rm", "-rf", cache3]),
         ]
         rounds, warmup = (3, 1) if self.quick else (self.a.start_rounds, 5)
         log(f"start-up: {len(V)} variants x {rounds} rounds (+{warmup} warm-up), alternating")
@@ -515,6 +534,12 @@ class Bench:
                          (m - bare) if m is not None and bare is not None else None, str(r["failures"])])
         table(f"start-up of a static `true` (ms, {rounds} alternating rounds)",
               ["variant", "median", "p10", "p90", "x bare", "+ms vs bare", "failed"], rows)
+        rows = []
+        for checked in ("fuse cold", "extract first"):
+            a, b = res[checked].get("median"), res[f"{checked}, no chunk check"].get("median")
+            rows.append([checked, a, b, (a - b) if a is not None and b is not None else None])
+        table("cost of the per-block check at start-up (ms, medians; bar: <= 0.3 ms)",
+              ["variant", "checked", "unchecked", "+ms"], rows)
 
     # -- the tree for build and read
 
@@ -620,6 +645,7 @@ class Bench:
             sif = self.build_bundle(d / "r.sif", "--dir", self.tree, "-e", "/bin/reader", "--no-closure",
                                     "--threads", "2")
         off, isize = self.trailer(sif)
+        unchecked = self.unchecked_copy(sif, d / "r-unchecked.sif")
         reader = self.bin / "reader"
         # Start-up with this large image (its tables are read at every fresh mount).
         cold_env = {"BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}
@@ -649,6 +675,10 @@ class Bench:
                               {}),
             "bundle fuse": (None, None, lambda op: [sif, op, "/data"], False, {"BUNDLE_MODE": "fuse", **cold},
                             {"BUNDLE_MODE": "fuse", **warm}),
+            "bundle fuse, no chunk check": (None, None, lambda op: [unchecked, op, "/data"], False,
+                                            {"BUNDLE_MODE": "fuse", **cold},
+                                            {"BUNDLE_MODE": "fuse", "BUNDLE_SHARE": f"bench-read-u-{os.getpid()}",
+                                             "BUNDLE_LINGER": "600"}),
             "bundle extract": (None, None, lambda op: [sif, op, "/data"], False,
                                {"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": str(cache), **cold},
                                {"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": str(cache), **warm}),
@@ -740,6 +770,10 @@ class Bench:
                         [ratio(med(out[n].get(c)), med(sq.get(c))) for c in cols[:2]])
         table("read ratios (cold)", ["source", "walk x kernel", "read x kernel", "walk x squashfuse_ll",
                                      "read x squashfuse_ll"], rows)
+        u, c = out["bundle fuse, no chunk check"], out["bundle fuse"]
+        table("cost of the per-block check when reading (fuse mode; bar: checked >= 0.95x unchecked)",
+              ["measure", "checked", "unchecked", "x unchecked"],
+              [[col, med(c.get(col)), med(u.get(col)), ratio(med(c.get(col)), med(u.get(col)))] for col in cols])
         if mem:
             print("  memory of our processes after the warm rounds: " +
                   ", ".join(f"{m['mode']} {m['role']} VmHWM {m['hwm_kb'] / 1024:.1f} MiB" for m in mem))

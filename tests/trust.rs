@@ -227,9 +227,9 @@ fn a_bundle_overwritten_in_place_gives_errors_not_other_bytes() {
     let t = Test::new("overwrite");
     let running = patched_copy(app(), &t.dir.join("app.sif"), |_| {});
     let other = build_app(t.dir.path(), "other", 2);
-    // The keeper and the FUSE server run from a copy of the stub, so nothing executes
-    // the file and `cp` can rewrite it in place (same inode), as another NFS client
-    // would; the application then reads a file it had not read yet.
+    // The keeper and the FUSE server run from a private copy of the stub, so nothing
+    // executes the file and `cp` can rewrite it in place (same inode), as another NFS
+    // client would; the application then reads a file it had not read yet.
     let script = "cat /data/b; echo ready; sleep 2; cat /data/a >/dev/null && echo read-all || echo read-failed";
     let err = t.work.join("stderr");
     let mut c = t.cmd("/bin/sh");
@@ -239,6 +239,7 @@ fn a_bundle_overwritten_in_place_gives_errors_not_other_bytes() {
     let mut app = Running::spawn(&mut c);
     app.wait_for_line("ready", TIMEOUT);
     let inode = fs::metadata(&running).unwrap().ino();
+    assert_eq!(detached_from(&t, inode), 2, "a keeper and a FUSE server");
     fs::write(&running, fs::read(&other).unwrap()).unwrap();
     assert_eq!(fs::metadata(&running).unwrap().ino(), inode, "rewritten in place");
     let out = app.finish(TIMEOUT);
@@ -247,6 +248,26 @@ fn a_bundle_overwritten_in_place_gives_errors_not_other_bytes() {
     assert!(err.contains("changed while in use"), "{err}");
     // The next start sees the new file.
     run(&mut t.app(&running, Mode::Fuse, &["--bundle-exec", "/bin/cat", "/data/b"])).assert_success();
+}
+
+/// Checks that the keeper and FUSE server of test `t` map no page of the file with
+/// inode `ino` and that their executable is a memfd, not that file; returns how many
+/// such processes there are.
+fn detached_from(t: &Test, ino: u64) -> usize {
+    let mut seen = 0;
+    for (pid, _) in t.processes() {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if !matches!(comm.trim(), "bundle-keeper" | "bundle-fuse") {
+            continue;
+        }
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let of_file = maps.lines().filter(|l| l.split_whitespace().nth(4) == Some(&ino.to_string())).count();
+        assert_eq!(of_file, 0, "{} maps the bundle file:\n{maps}", comm.trim());
+        let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert!(exe.to_string_lossy().starts_with("/memfd:bundle-keeper"), "{}: exe {}", comm.trim(), exe.display());
+        seen += 1;
+    }
+    seen
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::loopdev;
 use crate::namespaces;
 use crate::options::{Action, Mode, Options};
 use crate::plan::{self, Found, Host, Plan};
-use crate::relaunch;
+use crate::private_pages;
 use crate::session;
 use crate::steps::{self, Root, LOWER, OLDROOT};
 use crate::sys::{Linux, Sys};
@@ -51,10 +51,7 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = host::linger(opts.linger)?;
-    let exec_copy = |listener: &_, report: &_| {
-        relaunch::exec_keeper(&bundle.file, bundle.trailer.image_offset, listener, report, mode);
-    };
-    match session::attach(&key, |listener| keeper::start(listener, linger, exec_copy, || build(bundle, mode, &who))) {
+    match session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who))) {
         // Only `unshare` itself can tell of a seccomp filter or an enclosing limit.
         Err(e) if !forced && namespaces::is_unavailable(&e) => return run_without_namespaces(bundle, opts, known),
         r => r?,
@@ -99,20 +96,6 @@ fn run_without_namespaces(
     Err(exec(&argv, &env))
 }
 
-/// The keeper, re-executed from its private copy of the stub (`relaunch.rs`): builds
-/// the container and serves it, as [`run`] would have had it done in place.
-pub fn keep(bundle: &Bundle, opts: &Options, k: relaunch::Inherited) -> ! {
-    let build = |who: &Host| build(bundle, k.mode, who);
-    match host::caller(bundle, opts).and_then(|who| host::linger(opts.linger).map(|l| (who, l))) {
-        Ok((who, linger)) => keeper::resume(k.listener, k.report, linger, || build(&who)),
-        Err(e) => {
-            let mut report = k.report;
-            let _ = std::io::Write::write_all(&mut report, format!("E{}\n", e.0).as_bytes());
-            std::process::exit(1)
-        }
-    }
-}
-
 /// Runs in the keeper: makes the namespaces and the root, and stays inside them.
 /// Returns whether a user namespace was made (ranks must join it too).
 fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
@@ -123,6 +106,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             let image = Arc::new(open_image(bundle)?);
             let plan = sources.place(&|p| image_found(&image, p)).map_err(Error)?;
             namespaces::enter(uid, gid)?;
+            release_exe();
             let mut sys = Linux::serving(image, uid, gid, Path::new(OLDROOT));
             make_root(&Root::Fuse, &mut sys, || Ok(plan))?;
         }
@@ -131,6 +115,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             let tree = cache::cached_tree(bundle, || open_image(bundle))?;
             let plan = sources.place(&|p| dir_found(&tree, p)).map_err(Error)?;
             namespaces::enter(uid, gid)?;
+            release_exe();
             make_root(&Root::Tree(tree), &mut Linux::new(), || Ok(plan))?;
         }
         Mode::Kernel => {
@@ -139,6 +124,7 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             // The handle keeps the device configured until the mount holds it.
             let (dev, _configured) = loopdev::attach(&bundle.file, t.image_offset, t.image_size)?;
             namespaces::enter_mount_only()?;
+            release_exe();
             // The image is asked what it has once the kernel has mounted it: the stub
             // never parses it.
             make_root(&Root::Kernel(dev), &mut Linux::new(), || {
@@ -148,6 +134,14 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
         Mode::Host => return Err(Error("host mode makes no container".into())),
     }
     Ok(mode != Mode::Kernel)
+}
+
+/// Once in the keeper's namespaces, where it may, and before it forks the FUSE server:
+/// the bundle file stops being the keeper's executable (`private_pages.rs`). Best
+/// effort: where the kernel refuses, a local write to the file fails with "Text file
+/// busy" while the container lingers, which keeps its bytes safe all the same.
+fn release_exe() {
+    let _ = private_pages::release_exe();
 }
 
 /// The steps of `root`'s mode: the scratch root, then the plan (which, in kernel mode,

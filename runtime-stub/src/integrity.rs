@@ -113,11 +113,6 @@ pub fn tell(pid: u32, bundle: &str, what: &str) {
 
 static NAME: OnceLock<String> = OnceLock::new();
 
-/// In the re-executed keeper, whose own file is a memfd: the bundle's path.
-pub fn set_name(name: &str) {
-    let _ = NAME.set(name.to_string());
-}
-
 /// The bundle's path, for messages: read once, at start-up (`main` asks first),
 /// while `/proc` is still where it was.
 pub fn name() -> String {

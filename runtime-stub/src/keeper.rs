@@ -25,21 +25,16 @@ use std::time::{Duration, Instant};
 
 /// Starts a keeper that runs `build` (which must leave the calling process inside the
 /// finished container) and then serves joins on `listener`. Returns once the keeper is
-/// ready, or with the error that stopped it. The keeper first calls `exec_copy`, which
-/// re-executes it from a private copy of the stub (`relaunch.rs`), to [`resume`] there;
-/// if that fails, it goes on from the bundle file's pages.
-pub fn start(
-    listener: UnixListener,
-    linger: Duration,
-    exec_copy: impl FnOnce(&UnixListener, &File),
-    build: impl FnOnce() -> Result<bool>,
-) -> Result<()> {
+/// ready, or with the error that stopped it. The keeper first moves off the bundle
+/// file's pages onto a private copy (`private_pages.rs`); if that fails, it goes on
+/// from the file's pages, as any other program does.
+pub fn start(listener: UnixListener, linger: Duration, build: impl FnOnce() -> Result<bool>) -> Result<()> {
     let (middle, report) = daemon::fork_reporting("the container keeper", |report| {
         let _ = setsid();
         // SAFETY: single-threaded; the middle process exits at once, so the keeper is
         // re-parented away from the rank.
         if let Ok(ForkResult::Child) = unsafe { fork() } {
-            exec_copy(&listener, &report);
+            let _ = crate::private_pages::take();
             run_keeper(listener, report, linger, build);
         }
         // SAFETY: leave without running the parent's atexit handlers or destructors.
@@ -72,11 +67,6 @@ fn read_report(line: &str) -> Result<()> {
         Some(message) => Err(Error(message.to_string())),
         None => Err(Error("the container keeper died while starting".into())),
     }
-}
-
-/// The keeper, re-executed from its private copy with what [`start`] handed over.
-pub fn resume(listener: UnixListener, report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {
-    run_keeper(listener, report, linger, build)
 }
 
 fn run_keeper(listener: UnixListener, mut report: File, linger: Duration, build: impl FnOnce() -> Result<bool>) -> ! {

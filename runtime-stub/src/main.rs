@@ -18,7 +18,7 @@ mod loopdev;
 mod namespaces;
 mod options;
 mod plan;
-mod relaunch;
+mod private_pages;
 mod session;
 mod steps;
 mod sys;
@@ -41,16 +41,7 @@ fn run(opts: &Options) -> Result<()> {
         print!("{}", options::HELP);
         return Ok(());
     }
-    // A keeper re-executed from its copy of the stub is handed its bundle.
-    let inherited = relaunch::inherited();
-    let bundle = match &inherited {
-        Some(k) => {
-            integrity::set_name(&k.name);
-            let file = k.bundle.try_clone().map_err(|e| Error(format!("cannot reopen the bundle: {e}")))?;
-            Bundle::from_file(file).map_err(|e| Error(format!("this bundle cannot be read: {e}")))?
-        }
-        None => open_self()?,
-    };
+    let bundle = open_self()?;
     integrity::name();
     match &opts.action {
         Action::Info => print!("{}", info(&bundle)),
@@ -65,9 +56,6 @@ fn run(opts: &Options) -> Result<()> {
                 .context(|| format!("cannot unpack the image into {}", dir.display()))?;
         }
         Action::Run | Action::Exec | Action::Shell | Action::Help => {
-            if let Some(k) = inherited {
-                container::keep(&bundle, opts, k)
-            }
             trust::check(&bundle)?;
             match container::run(&bundle, opts)? {}
         }

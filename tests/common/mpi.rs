@@ -251,9 +251,10 @@ pub fn ns_lines(out: &Out) -> Vec<(u64, u64, i32)> {
 // Counting keepers
 
 /// The pids of the keepers of `bundle` among the processes tagged `tag`: a keeper is
-/// the stub re-parented to init by its double fork, running from a memfd copy of the
-/// bundle's stub (its executable `/memfd:bundle-keeper`) and holding the bundle file
-/// open, or, where it could not make the copy, from the bundle file itself. (A rank
+/// the stub re-parented to init by its double fork, running from a private copy of the
+/// bundle's stub (its executable then a memfd, `/memfd:bundle-keeper`) and holding the
+/// bundle file open, or, where the kernel did not let it name the memfd, the bundle
+/// file itself. (A rank
 /// runs the stub too, but only until its exec, and as a child of its launcher; the
 /// FUSE server is the keeper's child.) Under a child subreaper other than init a
 /// keeper is not found this way.
