@@ -870,6 +870,7 @@ class Bench:
                     cwd="/tmp", timeout=1800)
             t4 = time.perf_counter()
             info[n] = {"tree": tree, "sif": sif, "sqfs": sqfs, "cache": cache,
+                       "unchecked": self.unchecked_copy(sif, d / f"s{n}-unchecked.sif"),
                        "entries": sum(1 for _ in os.walk(tree)) + sum(len(f) for _, _, f in os.walk(tree)),
                        "make_tree_s": t1 - t0, "bundle_build_s": t2 - t1, "mksquashfs_s": t3 - t2,
                        "fill_cache_s": t4 - t3, "image_bytes": self.trailer(sif)[1], "sqfs_bytes": sqfs.stat().st_size}
@@ -877,11 +878,13 @@ class Bench:
                 f"mksquashfs {t3 - t2:.1f} s, extract cache {t4 - t3:.1f} s")
         self.kill_keepers()
         cold = {"BUNDLE_SHARE": "off", "BUNDLE_LINGER": "0"}
-        kinds = ["fuse cold", "extract cached", "kernel cold (root)", "ch-run sqfs"]
+        kinds = ["fuse cold", "fuse cold, no chunk check", "extract cached", "kernel cold (root)", "ch-run sqfs"]
         V = []
         for n in sizes:
             s, sif = self.size_name(n), info[n]["sif"]
             V += [(f"fuse cold {s}", False, {"BUNDLE_MODE": "fuse", **cold}, [sif], None),
+                  (f"fuse cold, no chunk check {s}", False, {"BUNDLE_MODE": "fuse", **cold}, [info[n]["unchecked"]],
+                   None),
                   (f"extract cached {s}", False, {"BUNDLE_MODE": "extract", "BUNDLE_CACHE_DIR": info[n]["cache"],
                                                   **cold}, [sif], None),
                   (f"kernel cold (root) {s}", True, {"BUNDLE_MODE": "kernel", **cold}, [sif], None),
@@ -916,7 +919,10 @@ class Bench:
         off, isize = self.trailer(sif)
         am = AnchorMounts(self, sif, off, isize, d)
         reader = self.bin / "reader"
+        unchecked = info[big]["unchecked"]
         S = {"bundle fuse": (None, None, False, lambda op: [sif, "--bundle-exec", "/bin/reader", op, "/data"]),
+             "bundle fuse, no chunk check": (None, None, False,
+                                             lambda op: [unchecked, "--bundle-exec", "/bin/reader", op, "/data"]),
              "kernel squashfs (loop)": (am.loop_mount, am.loop_umount, False,
                                         lambda op: [reader, op, am.loop_mnt / "data"]),
              "squashfuse_ll": (am.sqfuse_mount, am.sqfuse_umount, False,
@@ -936,7 +942,7 @@ class Bench:
                     t0 = time.perf_counter()
                     if mount:
                         mount()
-                    env = {"BUNDLE_MODE": "fuse", **cold} if nm == "bundle fuse" else {}
+                    env = {"BUNDLE_MODE": "fuse", **cold} if nm.startswith("bundle fuse") else {}
                     p = self.sh(argv(op), user=not as_root, env=self.user_env(env), timeout=1800, cwd="/tmp")
                     wall = time.perf_counter() - t0
                     if umount:
@@ -986,6 +992,13 @@ class Bench:
                 fmt(mem[n]["server_hwm_kb"] and mem[n]["server_hwm_kb"] / 1024),
                 ",".join(str(r["keepers"]) for r in mem[n]["runs"]),
                 ",".join(str(r["servers"]) for r in mem[n]["runs"])] for n in sizes])
+        rows = []
+        for n in sizes:
+            s = self.size_name(n)
+            a, b = res[f"fuse cold {s}"].get("median"), res[f"fuse cold, no chunk check {s}"].get("median")
+            rows.append([s, a, b, (a - b) if a is not None and b is not None else None])
+        table("cost of the per-block check at start-up against image size (fuse cold, ms, medians; bar: <= 0.3 ms)",
+              ["image", "checked", "unchecked", "+ms"], rows)
         k, sq = rd["kernel squashfs (loop)"], rd["squashfuse_ll"]
         first = (reads[names[0]]["read"] or [{}])[0]
         table(f"cold walk and read of the {self.size_name(big)} tree ({first.get('files', 0):.0f} files, "
@@ -996,6 +1009,9 @@ class Bench:
               [[nm, med(rd[nm]["walk"]["wall_s"]), med(rd[nm]["read"]["wall_s"]), med(rd[nm]["read"]["files_per_s"]),
                 ratio(med(rd[nm]["read"]["files_per_s"]), med(k["read"]["files_per_s"])),
                 ratio(med(rd[nm]["read"]["files_per_s"]), med(sq["read"]["files_per_s"]))] for nm in names])
+        c, u = rd["bundle fuse"]["read"]["files_per_s"], rd["bundle fuse, no chunk check"]["read"]["files_per_s"]
+        print(f"  per-block check: cold read at {fmt(ratio(med(c), med(u)))}x the unchecked read's files/s "
+              "(bar: >= 0.95)")
 
     # -- MPI
 
@@ -1154,6 +1170,9 @@ class Bench:
                 lambda x: x <= 0.3)
             bar("cold fuse start / cold kernel start (issue 9)", ratio(c, v["kernel cold (root)"].get("median")),
                 "<= 1.2", lambda x: x <= 1.2)
+            u = v.get("fuse cold, no chunk check", {}).get("median")
+            bar("per-block check: cold fuse start, checked - unchecked (issue 10)", None if None in (c, u) else c - u,
+                "<= 0.3 ms", lambda x: x <= 0.3, "ms")
         if "mpi" in R:
             m = R["mpi"]
             r64 = m["ranks64"]
@@ -1178,6 +1197,9 @@ class Bench:
                 lambda x: x >= 1.0)
             bar("fuse cold read / kernel squashfs",
                 ratio(f, med(s["kernel squashfs (loop)"].get("cold read MB/s"))), ">= 0.8", lambda x: x >= 0.8)
+            u = med(s.get("bundle fuse, no chunk check", {}).get("cold read MB/s"))
+            bar("per-block check: fuse cold read, checked / unchecked (issue 10)", ratio(f, u), ">= 0.95",
+                lambda x: x >= 0.95)
             mem = R["read"].get("fuse_server_memory") or []
             hw = max((p["hwm_kb"] for p in mem if p["role"] == "FUSE server"), default=None)
             bar("FUSE server peak RSS (after reading the tree)", hw and hw / 1024, "<= 32 MiB", lambda x: x <= 32,
@@ -1215,7 +1237,7 @@ class Bench:
         self.results["bars"] = out
         rows = [[b["bar"], fmt(b["value"], ".3f") + (f" {b['unit']}" if b["unit"] and b["value"] is not None else ""),
                  b["target"], {True: "met", False: "MISSED", None: "no number"}[b["met"]]] for b in out]
-        table("bars of issues 5 and 9", ["bar", "measured", "target", ""], rows)
+        table("bars of issues 5, 9 and 10", ["bar", "measured", "target", ""], rows)
 
     def plot(self, path):
         try:

@@ -15,6 +15,7 @@
 use crate::cache;
 use crate::exec::{drop_privileges, environment, exec};
 use crate::fail::{Context, Error, Result};
+use crate::fuse;
 use crate::host;
 use crate::host_mode;
 use crate::integrity::{self, open_image};
@@ -32,6 +33,7 @@ use bundle_squashfs::{Image, Kind as NodeKind};
 use nix::unistd::{geteuid, getgid, getuid};
 use std::ffi::OsString;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,7 +53,8 @@ pub fn run(bundle: &Bundle, opts: &Options) -> Result<std::convert::Infallible> 
     let key =
         session::key(&[&bundle.image_digest(), mode.name(), &format!("{who:?}"), &session::job(opts.share.as_deref())]);
     let linger = host::linger(opts.linger)?;
-    match session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who))) {
+    let program = known.as_ref().and_then(|argv| argv.first()).map(Path::new);
+    match session::attach(&key, |listener| keeper::start(listener, linger, || build(bundle, mode, &who, program))) {
         // Only `unshare` itself can tell of a seccomp filter or an enclosing limit.
         Err(e) if !forced && namespaces::is_unavailable(&e) => return run_without_namespaces(bundle, opts, known),
         r => r?,
@@ -97,8 +100,9 @@ fn run_without_namespaces(
 }
 
 /// Runs in the keeper: makes the namespaces and the root, and stays inside them.
-/// Returns whether a user namespace was made (ranks must join it too).
-fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
+/// Returns whether a user namespace was made (ranks must join it too). `program`, the
+/// command the first rank will run, is read ahead in fuse mode.
+fn build(bundle: &Bundle, mode: Mode, who: &Host, program: Option<&Path>) -> Result<bool> {
     let (uid, gid) = (getuid(), getgid());
     let sources = plan::resolve(who, &host::host_found).map_err(Error)?;
     match mode {
@@ -107,7 +111,8 @@ fn build(bundle: &Bundle, mode: Mode, who: &Host) -> Result<bool> {
             let plan = sources.place(&|p| image_found(&image, p)).map_err(Error)?;
             namespaces::enter(uid, gid)?;
             release_exe();
-            let mut sys = Linux::serving(image, uid, gid, Path::new(OLDROOT));
+            let program = program.and_then(|p| image_program(&image, p));
+            let mut sys = Linux::serving(fuse::Served { image, uid, gid, program }, Path::new(OLDROOT));
             make_root(&Root::Fuse, &mut sys, || Ok(plan))?;
         }
         Mode::Extract => {
@@ -205,6 +210,52 @@ fn image_found(image: &Image, p: &Path) -> Option<Found> {
     })
 }
 
+/// The regular file that the absolute `path` names in the image, through symlinks (16
+/// at most, as the kernel allows 40); `None` for anything else, or a name to look up in
+/// `$PATH`. Only a hint for reading ahead: an answer the image cannot give is `None`.
+fn image_program(image: &Image, path: &Path) -> Option<bundle_squashfs::Inode> {
+    use std::path::Component;
+    // A path's names, last first, as a stack of what is left to walk (`..` included).
+    fn stack(p: &Path) -> impl Iterator<Item = OsString> + '_ {
+        p.components().rev().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+    }
+    if !path.is_absolute() {
+        return None;
+    }
+    // The directories walked so far, from the root: `..` goes back one.
+    let mut dirs = vec![image.root_inode().ok()?];
+    let mut rest: Vec<OsString> = stack(path).collect();
+    let mut links = 0;
+    while let Some(name) = rest.pop() {
+        if name == ".." {
+            if dirs.len() > 1 {
+                dirs.pop();
+            }
+            continue;
+        }
+        let entry = image.lookup(dirs.last()?, name.as_encoded_bytes()).ok()??;
+        let node = image.inode(entry.inode).ok()?;
+        match node.kind {
+            NodeKind::Dir => dirs.push(node),
+            NodeKind::File if rest.is_empty() => return Some(node),
+            NodeKind::Symlink if links < 16 => {
+                links += 1;
+                let target = Path::new(std::ffi::OsStr::from_bytes(node.link_target()?));
+                if target.is_absolute() {
+                    dirs.truncate(1);
+                }
+                rest.extend(stack(target));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// What a path of an image tree mounted or extracted at `tree` is.
 fn dir_found(tree: &Path, p: &Path) -> Option<Found> {
     let m = fs::symlink_metadata(tree.join(p.strip_prefix("/").unwrap_or(p))).ok()?;
@@ -218,4 +269,42 @@ fn dir_found(tree: &Path, p: &Path) -> Option<Found> {
     } else {
         Found::Other
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn the_program_to_read_ahead_is_found_through_symlinks() {
+        let d = std::env::temp_dir().join(format!("image-program-{}", std::process::id()));
+        let tree = d.join("tree");
+        fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        fs::write(tree.join("usr/bin/app"), b"#!/bin/sh\n").unwrap();
+        symlink("usr/bin", tree.join("bin")).unwrap();
+        symlink("app", tree.join("usr/bin/rel")).unwrap();
+        symlink("/usr/bin/app", tree.join("usr/bin/abs")).unwrap();
+        symlink("../bin/app", tree.join("usr/bin/up")).unwrap();
+        symlink("loop", tree.join("loop")).unwrap();
+        let img = d.join("img");
+        let status = std::process::Command::new("mksquashfs")
+            .arg(&tree)
+            .arg(&img)
+            .args(["-quiet", "-no-progress", "-noappend", "-comp", "zstd", "-no-xattrs"])
+            .status()
+            .expect("mksquashfs (scripts/test installs squashfs-tools)");
+        assert!(status.success());
+        let file = fs::File::open(&img).unwrap();
+        let image = Image::open(&file, 0).unwrap();
+        let app = image.lookup_path(Path::new("/usr/bin/app")).unwrap().unwrap().reference;
+        let found = |p: &str| image_program(&image, Path::new(p)).map(|i| i.reference);
+        for p in ["/usr/bin/app", "/bin/app", "/usr/bin/rel", "/bin/abs", "/bin/up", "/usr/../bin/./app"] {
+            assert_eq!(found(p), Some(app), "{p}");
+        }
+        for p in ["app", "/usr/bin", "/loop", "/missing", "/usr/bin/app/x"] {
+            assert_eq!(found(p), None, "{p}");
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
 }

@@ -8,16 +8,14 @@
 
 use crate::fuse;
 use crate::plan::Kind;
-use bundle_squashfs::Image;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
-use nix::unistd::{chdir, mkdir, pivot_root, Gid, Uid};
+use nix::unistd::{chdir, mkdir, pivot_root};
 use std::ffi::CString;
 use std::fs;
 use std::io::{Error, Result};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub trait Sys {
     /// mount(2).
@@ -57,9 +55,7 @@ pub struct Linux {
 }
 
 struct Served {
-    image: Arc<Image>,
-    uid: Uid,
-    gid: Gid,
+    what: fuse::Served,
     /// Where the host's `/dev/fuse` is once the scratch root is ours.
     host_root: PathBuf,
 }
@@ -69,10 +65,10 @@ impl Linux {
         Linux { fuse: None }
     }
 
-    /// The real system, able to serve `image` over FUSE as `uid`:`gid` (once), opening
-    /// the device under `host_root`.
-    pub fn serving(image: Arc<Image>, uid: Uid, gid: Gid, host_root: &Path) -> Linux {
-        Linux { fuse: Some(Served { image, uid, gid, host_root: host_root.to_path_buf() }) }
+    /// The real system, able to serve `what` over FUSE (once), opening the device
+    /// under `host_root`.
+    pub fn serving(what: fuse::Served, host_root: &Path) -> Linux {
+        Linux { fuse: Some(Served { what, host_root: host_root.to_path_buf() }) }
     }
 }
 
@@ -165,7 +161,6 @@ impl Sys for Linux {
     fn mount_fuse(&mut self, at: &Path, mount_points: &[(PathBuf, Kind)], as_callers: bool) -> Result<()> {
         let served = self.fuse.take().ok_or_else(|| Error::other("no image to serve over FUSE"))?;
         let dev = fuse::open_device_in(&served.host_root).map_err(|e| Error::other(e.0))?;
-        fuse::mount_image(dev, served.image, mount_points, as_callers, at, served.uid, served.gid)
-            .map_err(|e| Error::other(e.0))
+        fuse::mount_image(dev, served.what, mount_points, as_callers, at).map_err(|e| Error::other(e.0))
     }
 }

@@ -90,6 +90,20 @@ impl Image {
         Ok(Some(Piece { start: piece.start + skip, ..piece }))
     }
 
+    /// Has the read-ahead thread decompress the first `bytes` of `file` (no more than
+    /// its queue holds), for a file about to be read from its start: the program a new
+    /// container runs, read while the container is still being set up. Does nothing
+    /// before [`Image::start_readahead`].
+    pub fn prefetch(&self, file: &Inode, bytes: u64) {
+        let (Some(ahead), Ok(map)) = (self.ahead.get(), self.inner.map(file)) else { return };
+        let blocks = bytes.div_ceil(u64::from(self.inner.sb.block_size)).min(map.info.block_count);
+        for k in 0..blocks {
+            if ahead.try_send((map.clone(), k)).is_err() {
+                break;
+            }
+        }
+    }
+
     /// Copies up to `buf.len()` bytes of `file` from `pos`; returns how many.
     pub fn read_at(&self, file: &Inode, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut done = 0usize;
@@ -276,4 +290,50 @@ pub(super) fn decompress(raw: &[u8], max: usize) -> io::Result<Vec<u8>> {
         let d = c.as_mut().expect("just made");
         d.decompress(raw, max)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn prefetch_decompresses_the_first_blocks_of_a_file_and_no_more() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        // Five whole 4 KiB blocks (no tail in a fragment), compressible.
+        let app: Vec<u8> = (0..5 * 4096u32).map(|i| (i / 3 % 251) as u8).collect();
+        std::fs::write(tree.join("app"), &app).unwrap();
+        let img = d.path().join("img");
+        let status = std::process::Command::new("mksquashfs")
+            .arg(&tree)
+            .arg(&img)
+            .args(["-quiet", "-no-progress", "-noappend", "-b", "4096", "-comp", "zstd", "-no-xattrs"])
+            .status()
+            .expect("mksquashfs (scripts/test installs squashfs-tools)");
+        assert!(status.success());
+        let file = std::fs::File::open(&img).unwrap();
+        let image = Image::open(&file, 0).unwrap();
+        let inode = image.lookup_path(Path::new("/app")).unwrap().unwrap();
+        let map = image.inner.map(&inode).unwrap();
+        let cached = |k: u64| {
+            let (at, _) = image.inner.words_from(&map, k).unwrap().next().unwrap();
+            image.inner.data.contains(at)
+        };
+        image.prefetch(&inode, 3 * 4096);
+        assert!(!cached(0), "no read-ahead thread yet: nothing to do");
+        image.start_readahead();
+        image.prefetch(&inode, 3 * 4096);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(0..3).all(cached) {
+            assert!(Instant::now() < deadline, "the first three blocks were not read ahead");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!cached(3) && !cached(4), "read ahead past the bytes asked for");
+        let mut back = vec![0u8; app.len()];
+        assert_eq!(image.read_at(&inode, 0, &mut back).unwrap(), app.len());
+        assert!(back == app);
+    }
 }
