@@ -654,12 +654,13 @@ fn built_file_layout() {
     assert_eq!(t.image_offset, (stub.len() as u64).div_ceil(IMAGE_ALIGN) * IMAGE_ALIGN);
     assert!(bytes[stub.len()..t.image_offset as usize].iter().all(|&b| b == 0), "zero padding");
     assert_eq!(&bytes[t.image_offset as usize..t.image_offset as usize + 4], b"hsqs", "squashfs magic at the offset");
-    // Version 2: the chunk table (32 bytes per 64 KiB of image) between image and
-    // metadata, no signatures yet.
-    assert_eq!(t.metadata_offset, t.image_offset + t.image_size + t.image_size.div_ceil(65536) * 32);
+    // Version 3: the chunk table (32 bytes per 64 KiB of image) and its index (32 bytes
+    // per 4 KiB of table) between image and metadata, no signatures yet.
+    let table = t.image_size.div_ceil(65536) * 32;
+    assert_eq!(t.metadata_offset, t.image_offset + t.image_size + table + table.div_ceil(4096) * 32);
     assert_eq!(t.signatures_size, 0);
     assert_eq!(t.metadata_offset + t.metadata_size + TRAILER_LEN, t.file_len);
-    assert_eq!(t.version, 2);
+    assert_eq!(t.version, 3);
     assert_eq!(&bytes[bytes.len() - 8..], b"\x01\x00ELDNUB", "end magic");
     assert_eq!(fs::metadata(app()).unwrap().permissions().mode() & 0o777, 0o755, "bundles are mode 0755");
 }

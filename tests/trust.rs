@@ -139,6 +139,7 @@ fn any_damaged_byte_fails_verification() {
         ("padding", tr.image_offset - 1),
         ("image", tr.image_offset + tr.image_size / 2),
         ("chunk table", table + 5),
+        ("chunk table index", tr.metadata_offset - 3),
         ("metadata", tr.metadata_offset + tr.metadata_size / 2),
         ("signature", sigs + tr.signatures_size / 2),
         ("trailer image digest", len - 80),

@@ -54,11 +54,14 @@ pub fn write_bundle(
     let image_sha256 = digest_region(f, image_offset, image_size)?;
     let table = ChunkTable::of_image(f, image_offset, image_size, CHUNK_SIZE).context("cannot hash the image")?;
     f.write_all(&table.encode()).context("cannot write the chunk table")?;
+    let index = table.index();
+    f.write_all(&index).context("cannot write the chunk table's index")?;
     let metadata_offset = f.stream_position()?;
 
     let integrity = Integrity {
         chunk_size: CHUNK_SIZE,
         chunks_sha256: hex(&table.digest()),
+        index_sha256: hex(&Sha256::digest(&index)),
         stub_sha256: hex(&digest_region(f, 0, image_offset)?),
     };
     let json = Metadata { integrity: Some(integrity), ..metadata.clone() }.to_json();

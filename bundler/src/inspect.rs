@@ -205,7 +205,7 @@ pub fn extract(path: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The image, each chunk checked against the chunk table (version 2) as it is read.
+/// The image, each chunk checked against the chunk table (versions 2 and 3) as it is read.
 pub fn open_image(b: &Bundle, path: &Path) -> Result<Image> {
     let offset = b.trailer.image_offset;
     let image = match b.chunk_table().with_context(|| format!("{}", path.display()))? {

@@ -1,7 +1,7 @@
 //! `bundle restub APP.sif [--stub PATH]`: the same image and metadata behind another
 //! runtime stub (a fixed runtime, a new release), without rebuilding.
 //!
-//! The image (and, in version 2, its chunk table) is copied byte for byte, so the image
+//! The image (and, from version 2, its chunk table) is copied byte for byte, so the image
 //! digest stays as it was; only the offsets change when the new stub's size rounds to
 //! another 4096-byte boundary. Version 1's metadata is copied too. Version 2's metadata
 //! records the stub's digest, so it is written anew with the new stub's: its digest

@@ -8,6 +8,8 @@
 //! +--------------------------+
 //! | chunk table (version 2)  |  SHA-256 of each 64 KiB of the image
 //! +--------------------------+
+//! | table index (version 3)  |  SHA-256 of each 4 KiB page of the chunk table
+//! +--------------------------+
 //! | metadata (JSON)          |  holds the chunk table's and the stub's digests
 //! +--------------------------+
 //! | signatures (version 2)   |  sshsig over the trailer's two digests; appendable
@@ -27,7 +29,7 @@ mod trailer;
 pub mod tree;
 
 pub use bind::BindSpec;
-pub use chunks::{table_len, ChunkTable, CHUNK_SIZE};
+pub use chunks::{index_len, table_len, ChunkTable, CHUNK_SIZE, TABLE_PAGE};
 pub use metadata::{HostPackage, ImageInfo, Input, Integrity, Metadata, ProvidedFile};
 pub use reader::{Bundle, OpenError};
 pub use trailer::{Trailer, TrailerError, FORMAT_VERSION, MAGIC, OLDEST_VERSION, TRAILER_LEN};

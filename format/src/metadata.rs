@@ -35,7 +35,7 @@ pub struct Metadata {
     /// runtime starts the application in the caller's directory, as HPC jobs expect.
     #[cfg_attr(feature = "write", serde(skip_serializing_if = "Option::is_none"))]
     pub workdir: Option<String>,
-    /// Digests of what the trailer's digests do not cover directly (version 2).
+    /// Digests of what the trailer's digests do not cover directly (versions 2 and 3).
     #[cfg_attr(feature = "write", serde(skip_serializing_if = "Option::is_none"))]
     pub integrity: Option<Integrity>,
 }
@@ -49,6 +49,9 @@ pub struct Integrity {
     pub chunk_size: u64,
     /// Hex SHA-256 of the chunk table.
     pub chunks_sha256: String,
+    /// Hex SHA-256 of the chunk table's index (version 3; empty in version 2).
+    #[cfg_attr(feature = "write", serde(skip_serializing_if = "String::is_empty"))]
+    pub index_sha256: String,
     /// Hex SHA-256 of the stub and its padding: bytes 0 to the image offset.
     pub stub_sha256: String,
 }
@@ -176,6 +179,7 @@ impl Metadata {
                 Some(i) => Some(Integrity {
                     chunk_size: number(i, "chunk_size")?,
                     chunks_sha256: required(i, "chunks_sha256")?,
+                    index_sha256: string(i, "index_sha256")?,
                     stub_sha256: required(i, "stub_sha256")?,
                 }),
             },
@@ -275,7 +279,12 @@ mod tests {
             }],
             binds: vec!["/data:/data:ro".into()],
             workdir: Some("/work dir".into()),
-            integrity: Some(Integrity { chunk_size: 65536, chunks_sha256: "ab".into(), stub_sha256: "cd".into() }),
+            integrity: Some(Integrity {
+                chunk_size: 65536,
+                chunks_sha256: "ab".into(),
+                index_sha256: "ef".into(),
+                stub_sha256: "cd".into(),
+            }),
             ..Default::default()
         };
         m.env.insert("PATH".into(), "/bin:/usr/bin".into());

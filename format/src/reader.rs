@@ -1,6 +1,6 @@
 //! Opening a bundle: trailer, then metadata, each checked before use.
 
-use crate::{hex, table_len, ChunkTable, Integrity, Metadata, Trailer, TrailerError, TRAILER_LEN};
+use crate::{hex, index_len, table_len, ChunkTable, Integrity, Metadata, Trailer, TrailerError, TRAILER_LEN};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::File;
@@ -32,7 +32,8 @@ pub enum OpenError {
         expected: String,
         actual: String,
     },
-    /// A version-2 bundle whose chunk table or stub digest is missing or wrong.
+    /// A version-2 or 3 bundle whose chunk table, its index or the stub digest is
+    /// missing or wrong.
     Integrity(String),
     /// Chunk `index`, at `offset` in the file, is not what the chunk table says.
     ChunkDigest {
@@ -96,42 +97,63 @@ impl Bundle {
         Ok(bundle)
     }
 
-    /// A version-2 bundle's metadata names its chunk size, and the table fills the gap
-    /// between image and metadata exactly.
+    /// A version-2 or 3 bundle's metadata names its chunk size, and the table (and in
+    /// version 3 its index, whose digest the metadata then has) fills the gap between
+    /// image and metadata exactly.
     fn check_table_place(&self) -> Result<(), OpenError> {
         let t = &self.trailer;
         let gap = t.metadata_offset - (t.image_offset + t.image_size);
-        match (t.version, &self.metadata.integrity) {
-            (1, _) => Ok(()),
-            (_, None) => Err(OpenError::Integrity("the metadata has no integrity digests".into())),
-            (_, Some(i)) if !CHUNK_SIZES.contains(&i.chunk_size) || !i.chunk_size.is_power_of_two() => Err(
-                OpenError::Integrity(format!("chunk size {} is not a power of two from 4 KiB to 16 MiB", i.chunk_size)),
-            ),
-            (_, Some(i)) if table_len(t.image_size, i.chunk_size) != gap => {
-                Err(OpenError::Integrity("the chunk table does not fit between image and metadata".into()))
-            }
-            _ => Ok(()),
+        let bad = |why: &str| Err(OpenError::Integrity(why.into()));
+        let i = match (t.version, &self.metadata.integrity) {
+            (1, _) => return Ok(()),
+            (_, None) => return bad("the metadata has no integrity digests"),
+            (_, Some(i)) => i,
+        };
+        if !CHUNK_SIZES.contains(&i.chunk_size) || !i.chunk_size.is_power_of_two() {
+            return bad(&format!("chunk size {} is not a power of two from 4 KiB to 16 MiB", i.chunk_size));
         }
+        if (t.version >= 3) == i.index_sha256.is_empty() {
+            return bad("the metadata's chunk table index digest does not fit the format version");
+        }
+        let table = table_len(t.image_size, i.chunk_size);
+        let index = if t.version >= 3 { index_len(table) } else { 0 };
+        if table + index != gap {
+            return bad("the chunk table does not fit between image and metadata");
+        }
+        Ok(())
     }
 
     fn integrity(&self) -> Option<&Integrity> {
         self.metadata.integrity.as_ref().filter(|_| self.trailer.version >= 2)
     }
 
-    /// The chunk table, checked against the digest in the metadata; `None` for a
-    /// version-1 bundle, which has none.
+    /// The chunk table, checked against the digests in the metadata; `None` for a
+    /// version-1 bundle, which has none. Version 2: read and checked whole; version 3:
+    /// its index read and checked, its pages each when first needed.
     pub fn chunk_table(&self) -> Result<Option<ChunkTable>, OpenError> {
         let Some(integrity) = self.integrity() else { return Ok(None) };
         let t = &self.trailer;
         let at = t.image_offset + t.image_size;
-        let mut raw = vec![0u8; (t.metadata_offset - at) as usize];
-        self.file.read_exact_at(&mut raw, at)?;
-        if hex(&Sha256::digest(&raw)) != integrity.chunks_sha256 {
-            return Err(OpenError::Integrity("chunk table digest mismatch".into()));
+        let table_len = table_len(t.image_size, integrity.chunk_size);
+        let wrong_length = || OpenError::Integrity("the chunk table has the wrong length".into());
+        if t.version < 3 {
+            let raw = self.checked_region(at, table_len, &integrity.chunks_sha256, "chunk table")?;
+            return ChunkTable::decode(&raw, integrity.chunk_size, t.image_size).map(Some).ok_or_else(wrong_length);
         }
-        let table = ChunkTable::decode(&raw, integrity.chunk_size, t.image_size)
-            .ok_or_else(|| OpenError::Integrity("the chunk table has the wrong length".into()))?;
-        Ok(Some(table))
+        let index =
+            self.checked_region(at + table_len, index_len(table_len), &integrity.index_sha256, "chunk table index")?;
+        let file = self.file.try_clone()?;
+        ChunkTable::paged(file, at, &index, integrity.chunk_size, t.image_size).map(Some).ok_or_else(wrong_length)
+    }
+
+    /// `len` bytes at `at`, whose hex SHA-256 must be `want`.
+    fn checked_region(&self, at: u64, len: u64, want: &str, what: &str) -> Result<Vec<u8>, OpenError> {
+        let mut raw = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut raw, at)?;
+        if hex(&Sha256::digest(&raw)) != want {
+            return Err(OpenError::Integrity(format!("{what} digest mismatch")));
+        }
+        Ok(raw)
     }
 
     /// Checks every byte a digest covers: the stub, the image (whole and chunk by
@@ -144,7 +166,11 @@ impl Bundle {
         if hex(&Sha256::digest(&stub)) != integrity.stub_sha256 {
             return Err(OpenError::Integrity("runtime stub digest mismatch".into()));
         }
-        let table = self.chunk_table()?.expect("version 2 has a table");
+        let table = self.chunk_table()?.expect("versions 2 and 3 have a table");
+        // The whole table too (in version 3 only its pages' digests were checked so far).
+        let at = self.trailer.image_offset + self.trailer.image_size;
+        let table_len = crate::table_len(self.trailer.image_size, table.chunk_size());
+        self.checked_region(at, table_len, &integrity.chunks_sha256, "chunk table")?;
         let mut whole = Sha256::new();
         let mut buf = vec![0u8; table.chunk_size() as usize];
         for i in 0..table.count() {

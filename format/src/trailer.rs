@@ -9,8 +9,9 @@ pub const MAGIC: [u8; 8] = *b"BUNDLE\x00\x01";
 /// Last eight bytes of the trailer, so that a truncated tail is recognised as such.
 pub const END_MAGIC: [u8; 8] = *b"\x01\x00ELDNUB";
 /// Bumped on any incompatible change of the layout. Version 2 added the chunk table
-/// after the image and the signatures before the trailer; version 1 is still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// after the image and the signatures before the trailer; version 3 the table's index
+/// after the table. Versions 1 and 2 are still read.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version this crate reads.
 pub const OLDEST_VERSION: u32 = 1;
 pub const TRAILER_LEN: usize = 128;

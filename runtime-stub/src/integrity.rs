@@ -1,4 +1,4 @@
-//! The image as the runtime reads it: in a version-2 bundle, every chunk of the image
+//! The image as the runtime reads it: in a version-2 or 3 bundle, every chunk of the image
 //! is checked against the chunk table the first time it is read (fuse and extract
 //! modes), or all of it before the kernel is given it (kernel mode).
 
