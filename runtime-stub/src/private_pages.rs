@@ -40,9 +40,10 @@ struct Mapping {
 /// as before, from the file.
 pub fn take() -> Result<()> {
     let exe = std::fs::metadata("/proc/self/exe").map_err(|e| Error(format!("cannot stat /proc/self/exe: {e}")))?;
+    let path = std::fs::read_link("/proc/self/exe").map_err(|e| Error(format!("cannot read /proc/self/exe: {e}")))?;
     let maps =
         std::fs::read_to_string("/proc/self/maps").map_err(|e| Error(format!("cannot read /proc/self/maps: {e}")))?;
-    let ours = own_mappings(&maps, exe.dev(), exe.ino());
+    let ours = own_mappings(&maps, &Exe { dev: exe.dev(), ino: exe.ino(), path: &path.to_string_lossy() });
     if ours.is_empty() {
         return Err(Error("no mapping of /proc/self/exe in /proc/self/maps".into()));
     }
@@ -180,17 +181,27 @@ unsafe fn replace(m: &Mapping) -> Result<()> {
     Ok(())
 }
 
-/// The readable mappings of the file `dev`:`ino` in a `/proc/self/maps` text.
-fn own_mappings(maps: &str, dev: u64, ino: u64) -> Vec<Mapping> {
-    maps.lines().filter_map(|line| parse_line(line, dev, ino)).collect()
+/// Our executable: its device and inode as `stat` gives them, and its path.
+struct Exe<'a> {
+    dev: u64,
+    ino: u64,
+    path: &'a str,
 }
 
-/// `start-end perms offset major:minor inode path`, for a mapping of `dev`:`ino`.
-fn parse_line(line: &str, dev: u64, ino: u64) -> Option<Mapping> {
+/// The readable mappings of `exe` in a `/proc/self/maps` text.
+fn own_mappings(maps: &str, exe: &Exe) -> Vec<Mapping> {
+    maps.lines().filter_map(|line| parse_line(line, exe)).collect()
+}
+
+/// `start-end perms offset major:minor inode path`, for a mapping of `exe`: its inode,
+/// and its device or else its path (on btrfs and overlayfs the device in the maps is
+/// not the one `stat` gives).
+fn parse_line(line: &str, exe: &Exe) -> Option<Mapping> {
     let mut fields = line.split_ascii_whitespace();
     let (range, perms, _offset, device, inode) =
         (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-    if inode.parse::<u64>().ok()? != ino || !same_device(device, dev)? {
+    let path = line.find('/').map(|at| &line[at..]);
+    if inode.parse::<u64>().ok()? != exe.ino || !(same_device(device, exe.dev)? || path == Some(exe.path)) {
         return None;
     }
     let (start, end) = range.split_once('-')?;
@@ -231,8 +242,8 @@ mod tests {
 
     #[test]
     fn finds_the_readable_mappings_of_our_file_only() {
-        let dev = libc::makedev(0xfe, 0x01);
-        let got = own_mappings(MAPS, dev, 1837420);
+        let exe = Exe { dev: libc::makedev(0xfe, 0x01), ino: 1837420, path: "/tmp/app.sif" };
+        let got = own_mappings(MAPS, &exe);
         assert_eq!(
             got,
             [
@@ -240,8 +251,12 @@ mod tests {
                 Mapping { start: 0x4fd000, end: 0x504000, prot: libc::PROT_READ | libc::PROT_WRITE },
             ]
         );
-        assert!(own_mappings(MAPS, libc::makedev(0xfe, 0x02), 1837420).is_empty());
-        assert!(own_mappings("garbage\n\n1-2 r\n", dev, 1837420).is_empty());
+        // Another device in the maps (btrfs, overlayfs): the path decides.
+        let elsewhere = Exe { dev: libc::makedev(0, 0x2f), ..exe };
+        assert_eq!(own_mappings(MAPS, &elsewhere).len(), 2);
+        assert!(own_mappings(MAPS, &Exe { path: "/other", ..elsewhere }).is_empty());
+        assert_eq!(own_mappings(MAPS, &Exe { ino: 99, path: "/usr/lib/other", ..elsewhere }).len(), 1);
+        assert!(own_mappings("garbage\n\n1-2 r\n", &exe).is_empty());
     }
 
     #[test]
