@@ -14,7 +14,7 @@ use super::{corrupt, Image, Inner};
 use crate::layout::{DATA_UNCOMPRESSED, FRAGMENT_ENTRY_SIZE};
 use std::io;
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 pub type DataBlock = Arc<Vec<u8>>;
 
@@ -81,10 +81,10 @@ impl Image {
         let k = pos / bs;
         let piece = self.inner.block_piece(&map, k)?;
         let skip = (pos - k * bs) as usize;
-        if let Some(ahead) = self.ahead.get().filter(|_| skip == 0) {
+        if let Some(ahead) = self.inner.ahead.get().filter(|_| skip == 0) {
             for j in k + 1..(k + 1 + AHEAD).min(map.info.block_count) {
                 // A full queue means the thread is busy: the reader will do it.
-                let _ = ahead.try_send((map.clone(), j));
+                let _ = ahead.try_send(Ahead::Block(map.clone(), j));
             }
         }
         Ok(Some(Piece { start: piece.start + skip, ..piece }))
@@ -95,10 +95,10 @@ impl Image {
     /// container runs, read while the container is still being set up. Does nothing
     /// before [`Image::start_readahead`].
     pub fn prefetch(&self, file: &Inode, bytes: u64) {
-        let (Some(ahead), Ok(map)) = (self.ahead.get(), self.inner.map(file)) else { return };
+        let (Some(ahead), Ok(map)) = (self.inner.ahead.get(), self.inner.map(file)) else { return };
         let blocks = bytes.div_ceil(u64::from(self.inner.sb.block_size)).min(map.info.block_count);
         for k in 0..blocks {
-            if ahead.try_send((map.clone(), k)).is_err() {
+            if ahead.try_send(Ahead::Block(map.clone(), k)).is_err() {
                 break;
             }
         }
@@ -260,15 +260,30 @@ impl Inner {
     }
 }
 
-/// The read-ahead thread: decompresses the blocks it is told of into the cache, unless
-/// a reader got there first. It ends when the image is dropped.
-pub(super) fn spawn_readahead(inner: Arc<Inner>) -> SyncSender<(Arc<FileMap>, u64)> {
-    let (tx, rx) = sync_channel::<(Arc<FileMap>, u64)>(64);
+/// Work for the read-ahead thread.
+pub(super) enum Ahead {
+    /// Block `k` of a file: decompress it into the cache.
+    Block(Arc<FileMap>, u64),
+    /// Chunk `i` of the image: check it against its digest.
+    Chunk(u64),
+}
+
+/// The read-ahead thread: decompresses the blocks, and checks the chunks, it is told
+/// of, unless a reader got there first. It ends when the image is dropped (it holds the
+/// image weakly: the image owns the channel).
+pub(super) fn spawn_readahead(image: Weak<Inner>) -> SyncSender<Ahead> {
+    let (tx, rx) = sync_channel::<Ahead>(64);
     let _ = std::thread::Builder::new().name("readahead".into()).spawn(move || {
-        for (map, k) in rx {
-            let Ok((at, word)) = inner.words_from(&map, k).and_then(|mut w| w.next()) else { continue };
-            if word & !DATA_UNCOMPRESSED != 0 && !inner.data.contains(at) {
-                let _ = inner.data_block(at, word);
+        for work in rx {
+            let Some(inner) = image.upgrade() else { break };
+            match work {
+                Ahead::Block(map, k) => {
+                    let Ok((at, word)) = inner.words_from(&map, k).and_then(|mut w| w.next()) else { continue };
+                    if word & !DATA_UNCOMPRESSED != 0 && !inner.data.contains(at) {
+                        let _ = inner.data_block(at, word);
+                    }
+                }
+                Ahead::Chunk(i) => inner.check_chunk(i),
             }
         }
     });

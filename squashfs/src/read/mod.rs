@@ -30,7 +30,7 @@ pub use verify::Chunks;
 
 use crate::layout::*;
 use cache::Cache;
-use data::{DataBlock, FileMap};
+use data::{Ahead, DataBlock, FileMap};
 use meta::{MetaBlock, Region};
 use std::fs::File;
 use std::io;
@@ -57,8 +57,6 @@ pub(crate) fn corrupt(what: impl std::fmt::Display) -> io::Error {
 /// share one.
 pub struct Image {
     inner: Arc<Inner>,
-    /// Read-ahead requests, once [`Image::start_readahead`] started its thread.
-    ahead: OnceLock<SyncSender<(Arc<FileMap>, u64)>>,
 }
 
 /// What the read-ahead thread shares with the readers.
@@ -68,6 +66,9 @@ struct Inner {
     offset: u64,
     /// Checks chunks against their digests, for an image opened with them.
     verifier: Option<Verifier>,
+    /// Read-ahead requests, once [`Image::start_readahead`] started its thread (which
+    /// holds the image weakly, and ends with it).
+    ahead: OnceLock<SyncSender<Ahead>>,
     sb: Superblock,
     inodes: Region,
     directories: Region,
@@ -130,6 +131,7 @@ impl Image {
             file,
             offset,
             verifier,
+            ahead: OnceLock::new(),
             inodes: Region { start: inode_start, end: dir_start },
             directories: Region { start: dir_start, end: sb.bytes_used },
             lookup: Region { start: dir_start, end: sb.bytes_used },
@@ -159,7 +161,7 @@ impl Image {
         inner.directories.end = dir_end;
         inner.lookup.start = dir_end;
         inner.ids = inner.read_ids(&id_index)?;
-        Ok(Image { inner: Arc::new(inner), ahead: OnceLock::new() })
+        Ok(Image { inner: Arc::new(inner) })
     }
 
     pub fn block_size(&self) -> u32 {
@@ -213,7 +215,7 @@ impl Image {
     /// Decompresses the blocks of files being read ahead of the reader, on a thread of
     /// its own (the FUSE server asks for this; a one-pass extraction does not need it).
     pub fn start_readahead(&self) {
-        self.ahead.get_or_init(|| data::spawn_readahead(self.inner.clone()));
+        self.inner.ahead.get_or_init(|| data::spawn_readahead(Arc::downgrade(&self.inner)));
     }
 }
 
@@ -234,11 +236,18 @@ fn check_compressor(sb: &Superblock) -> io::Result<()> {
     ))
 }
 
-/// Every read of the image: through the verifier when there is one.
-fn read_image(file: &File, offset: u64, verifier: Option<&Verifier>, buf: &mut [u8], pos: u64) -> io::Result<()> {
+/// Every read of the image: through the verifier when there is one. Returns the last
+/// chunk the read checked, if it checked one.
+fn read_image(
+    file: &File,
+    offset: u64,
+    verifier: Option<&Verifier>,
+    buf: &mut [u8],
+    pos: u64,
+) -> io::Result<Option<u64>> {
     let read = match verifier {
         Some(v) => v.read(file, offset, buf, pos),
-        None => file.read_exact_at(buf, offset + pos),
+        None => file.read_exact_at(buf, offset + pos).map(|()| None),
     };
     read.map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => corrupt(format!("it ends before byte {}", pos + buf.len() as u64)),
@@ -248,9 +257,23 @@ fn read_image(file: &File, offset: u64, verifier: Option<&Verifier>, buf: &mut [
 }
 
 impl Inner {
-    /// Reads `len` bytes at `pos` of the image.
+    /// Reads `len` bytes at `pos` of the image. A read that checked a chunk has the
+    /// read-ahead thread, if there is one, check the next: a file read in order, or the
+    /// next files of a walk, then find their chunks checked, the hashing done on
+    /// another core than the reader's.
     fn pread(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        read_image(&self.file, self.offset, self.verifier.as_ref(), buf, pos)
+        let checked = read_image(&self.file, self.offset, self.verifier.as_ref(), buf, pos)?;
+        if let (Some(i), Some(ahead)) = (checked, self.ahead.get()) {
+            let _ = ahead.try_send(Ahead::Chunk(i + 1));
+        }
+        Ok(())
+    }
+
+    /// Checks chunk `i` if it was not checked yet (the read-ahead thread's work).
+    fn check_chunk(&self, i: u64) {
+        if let Some(v) = &self.verifier {
+            v.check(&self.file, self.offset, i);
+        }
     }
 
     /// The array of metadata block positions that locates the entries of a lookup table.

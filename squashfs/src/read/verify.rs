@@ -97,37 +97,49 @@ impl Verifier {
     }
 
     /// Fills `buf` from image position `pos` (the image starts at `offset` in `file`),
-    /// from checked chunks only.
-    pub(crate) fn read(&self, file: &File, offset: u64, buf: &mut [u8], pos: u64) -> io::Result<()> {
+    /// from checked chunks only. Returns the last chunk that this read checked, if it
+    /// checked any: the caller may have the next one checked ahead ([`Verifier::check`]).
+    pub(crate) fn read(&self, file: &File, offset: u64, buf: &mut [u8], pos: u64) -> io::Result<Option<u64>> {
         let end = pos + buf.len() as u64;
         if end > self.chunks.image_size {
             return Err(corrupt(format!("it ends before byte {end}")));
         }
         if buf.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let size = self.chunks.size;
         let (first, last) = (pos / size, (end - 1) / size);
         if (first..=last).all(|i| bit(&self.good, i)) {
             file.read_exact_at(buf, offset + pos)?;
-            return self.unchanged(file);
+            return self.unchanged(file).map(|()| None);
         }
+        let mut checked = None;
         for i in first..=last {
             let from = (i * size).max(pos);
             let to = ((i + 1) * size).min(end);
             let out = &mut buf[(from - pos) as usize..(to - pos) as usize];
-            self.read_in_chunk(file, offset, i, out, from)?;
+            if self.read_in_chunk(file, offset, i, out, from)? {
+                checked = Some(i);
+            }
         }
-        Ok(())
+        Ok(checked)
+    }
+
+    /// Checks chunk `i` now, if it was not checked before (and exists): what a read
+    /// of it would do, minus the read. Errors are left for a read to report.
+    pub(crate) fn check(&self, file: &File, offset: u64, i: u64) {
+        if i < self.chunks.image_size.div_ceil(self.chunks.size) && !bit(&self.good, i) && !bit(&self.bad, i) {
+            let _ = self.read_in_chunk(file, offset, i, &mut [], i * self.chunks.size);
+        }
     }
 
     /// Part of chunk `i`: from the file if the chunk was checked before, else from the
-    /// whole chunk, read and checked now.
-    fn read_in_chunk(&self, file: &File, offset: u64, i: u64, out: &mut [u8], from: u64) -> io::Result<()> {
+    /// whole chunk, read and checked now (then `true`).
+    fn read_in_chunk(&self, file: &File, offset: u64, i: u64, out: &mut [u8], from: u64) -> io::Result<bool> {
         let _held = self.stripes[i as usize % STRIPES].lock().unwrap_or_else(|p| p.into_inner());
         if bit(&self.good, i) {
             file.read_exact_at(out, offset + from)?;
-            return self.unchanged(file);
+            return self.unchanged(file).map(|()| false);
         }
         let start = i * self.chunks.size;
         if bit(&self.bad, i) {
@@ -144,7 +156,7 @@ impl Verifier {
             set(&self.good, i);
             let at = (from - start) as usize;
             out.copy_from_slice(&whole[at..at + out.len()]);
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -197,9 +209,16 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let v = verifier(&f, &image, calls.clone());
         let mut buf = [0u8; 15];
-        v.read(&f, 2, &mut buf, 5).unwrap();
+        assert_eq!(v.read(&f, 2, &mut buf, 5).unwrap(), Some(1), "checked chunks 0 and 1");
         assert_eq!(buf.to_vec(), (5..20).collect::<Vec<u8>>());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Checking ahead: chunk 2 now, once; chunk 1 again, and a chunk past the end, not.
+        v.check(&f, 2, 2);
+        v.check(&f, 2, 2);
+        v.check(&f, 2, 1);
+        v.check(&f, 2, 4);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(v.read(&f, 2, &mut buf, 5).unwrap(), None, "nothing left to check there");
         v.read(&f, 2, &mut buf, 15).unwrap();
         assert_eq!(buf.to_vec(), (15..30).collect::<Vec<u8>>());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
