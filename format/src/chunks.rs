@@ -104,12 +104,13 @@ impl ChunkTable {
         }
     }
 
-    /// The digest the metadata records for this table.
+    /// The digest the metadata records for this table (in memory, as built).
     pub fn digest(&self) -> Digest32 {
         Sha256::digest(self.encode()).into()
     }
 
-    /// The index of the table (version 3): the digest of each page of it.
+    /// The index of the table (version 3): the digest of each page of it (in memory, as
+    /// built).
     pub fn index(&self) -> Vec<u8> {
         self.encode().chunks(TABLE_PAGE as usize).flat_map(|page| <Digest32>::from(Sha256::digest(page))).collect()
     }
@@ -140,13 +141,10 @@ impl ChunkTable {
             return false;
         }
         let want = match &self.digests {
-            Digests::Loaded(all) => all[i as usize],
-            Digests::Paged { .. } => match self.paged_digest(i) {
-                Some(d) => d,
-                None => return false,
-            },
+            Digests::Loaded(all) => Some(all[i as usize]),
+            Digests::Paged { .. } => self.paged_digest(i),
         };
-        Sha256::digest(bytes).as_slice() == want
+        want.is_some_and(|want| Sha256::digest(bytes).as_slice() == want)
     }
 
     /// Chunk `i`'s digest from its page, read and checked the first time. Two threads

@@ -51,10 +51,10 @@ pub trait Sys {
 
 /// The real system. For fuse mode it carries what the FUSE server serves.
 pub struct Linux {
-    fuse: Option<Served>,
+    fuse: Option<FuseSource>,
 }
 
-struct Served {
+struct FuseSource {
     what: fuse::Served,
     /// Where the host's `/dev/fuse` is once the scratch root is ours.
     host_root: PathBuf,
@@ -68,7 +68,7 @@ impl Linux {
     /// The real system, able to serve `what` over FUSE (once), opening the device
     /// under `host_root`.
     pub fn serving(what: fuse::Served, host_root: &Path) -> Linux {
-        Linux { fuse: Some(Served { what, host_root: host_root.to_path_buf() }) }
+        Linux { fuse: Some(FuseSource { what, host_root: host_root.to_path_buf() }) }
     }
 }
 
